@@ -1,0 +1,119 @@
+"""The device mesh and the one table that maps logical axes to mesh axes.
+
+Parameters carry logical axis names in their `logical_axes` metadata
+(`nnx.Param(x, logical_axes=("embed", "mlp"))`); activations and batches are
+annotated with the same vocabulary. Nothing outside this file names a mesh axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "seq": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",  # flattened q heads * head_dim
+    "kv_heads": "tensor",  # flattened kv heads * head_dim
+    "mlp": "tensor",
+    "norm": None,
+    "head_dim": None,
+    "lora": None,
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [data, fsdp, tensor]
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh {tuple(sizes)}: {len(devices)} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
+  arr = np.asarray(devices).reshape(sizes)
+  return Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def mesh_from_cfg(cfg) -> Mesh:
+  return make_mesh(cfg.data, cfg.fsdp, cfg.tensor)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, mesh: Mesh | None = None) -> P:
+  """PartitionSpec for logical axis names; a mesh axis is used at most once and
+  only when it has size > 1 (and, with a mesh, divides the dimension elsewhere)."""
+  if names is None:
+    return P()
+  used: set[str] = set()
+  out = []
+  for name in names:
+    rule = RULES.get(name) if name is not None else None
+    if name is not None and name not in RULES:
+      raise KeyError(f"logical axis {name!r} has no rule in jaxtune.mesh.RULES")
+    axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
+    axes = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape[a] > 1))
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*out)
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes that do not divide their dimension (e.g. a tiny vocab)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      out.append(None)
+      continue
+    group = (axes,) if isinstance(axes, str) else tuple(axes)
+    keep = []
+    size = 1
+    for a in group:
+      if dim % (size * mesh.shape[a]) == 0:
+        keep.append(a)
+        size *= mesh.shape[a]
+    out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+  return P(*out)
+
+
+def sharding_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, _fit(logical_to_spec(names, mesh), shape, mesh))
+
+
+def variable_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
+  return var.get_metadata().get("logical_axes")
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a (possibly abstract) nnx.State, from `logical_axes` metadata."""
+
+  def one(var):
+    if isinstance(var, nnx.Variable):
+      value = var.get_value() if hasattr(var, "get_value") else var.value
+      return var.replace(sharding_for(variable_axes(var), value.shape, mesh))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(("batch",) + ("seq",) * (ndim - 1), mesh))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical names; a no-op outside a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or not mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, mesh))
