@@ -35,8 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = []  # list of {path, format, weight}
-  c.data.eval = []
+  c.data.train = ()  # tuple of {path, format, weight} (a tuple so --config.data.train="(...)" overrides it)
+  c.data.eval = ()
   c.data.seq_len = 2048
   c.data.packing = True
   c.data.mask = "assistant"

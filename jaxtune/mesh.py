@@ -7,6 +7,7 @@ annotated with the same vocabulary. Nothing outside this file names a mesh axis.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -41,9 +42,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     if len(devices) % known:
       raise ValueError(f"mesh {tuple(sizes)}: {len(devices)} devices are not divisible by {known}")
     sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-  arr = np.asarray(devices).reshape(sizes)
+  n = math.prod(sizes)
+  if n > len(devices):
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {n} devices, have {len(devices)}")
+  if n < len(devices):
+    logging.getLogger(__name__).warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
+  arr = np.asarray(devices[:n]).reshape(sizes)
   return Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 

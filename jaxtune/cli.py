@@ -1,0 +1,189 @@
+"""The `jaxtune` command line: thin; parses, builds, calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+
+def _load_config(argv: list[str]):
+  """ml-collections config file + `--config.a.b=v` overrides -> validated Config."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from jaxtune.config import Config
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "an ml-collections config file (configs/*.py)",
+                                  flag_values=fv, lock_config=True)
+  try:
+    fv(["jaxtune"] + argv)
+  except AttributeError as e:  # a typo'd key under --config.
+    bad = [a for a in argv if a.startswith("--config.")]
+    raise SystemExit(f"error: unknown config key in {' '.join(bad)}: {str(e).strip(chr(39))}") from None
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}") from None
+  if fv.config is None:
+    raise SystemExit("error: --config PATH is required")
+  return Config.from_dict(fv.config)
+
+
+def _maybe_init_distributed() -> None:
+  from jaxtune.distributed import maybe_initialize
+  maybe_initialize()
+
+
+def cmd_train(argv: list[str]) -> int:
+  from jaxtune.config import ConfigError
+  try:
+    cfg = _load_config(argv)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  _maybe_init_distributed()
+  from jaxtune.train.loop import train
+
+  if cfg.demo.enabled:
+    return _train_demo(cfg)
+  train(cfg)
+  return 0
+
+
+def _train_demo(cfg) -> int:
+  import jaxtune
+  from jaxtune import demo
+  from jaxtune.data.chat import load_tokenizer
+  from jaxtune.train.loop import train
+
+  t0 = time.perf_counter()
+  demo.prepare(cfg)
+  tokenizer = load_tokenizer(cfg.model.path)
+  base = jaxtune.load_pretrained(cfg.model.path)
+  before = demo.report_before(cfg, base, tokenizer)
+  del base
+  result = train(cfg)
+  out = os.path.join(cfg.run.dir, "hf")
+  model = result.model()
+  jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
+  after = demo.report_after(cfg, model, result.tokenizer, out)
+  print(f"demo: held-out exact match {before:.1%} before -> {after:.1%} after tuning, "
+        f"in {time.perf_counter() - t0:.0f}s; tuned model exported to {os.path.abspath(out)}", flush=True)
+  return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxtune export", description="Write a run's checkpoint as an HF model dir.")
+  p.add_argument("--run", required=True, help="run directory (RUN_DIR)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--out", required=True, help="output HF model directory")
+  p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                 help="tensor dtype to write (default: the params' dtype)")
+  a = p.parse_args(argv)
+  _maybe_init_distributed()
+  from jaxtune.export import export_run
+  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype)
+  print(f"exported {a.run} -> {os.path.abspath(out)}")
+  return 0
+
+
+def cmd_generate(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxtune generate", description="Chat-templated greedy generation.")
+  p.add_argument("--model", required=True, help="HF model dir or jaxtune run dir")
+  g = p.add_mutually_exclusive_group(required=True)
+  g.add_argument("--prompt")
+  g.add_argument("--prompts", help="JSONL file, one {\"prompt\": ...} or {\"messages\": [...]} per line")
+  p.add_argument("--system", default=None)
+  p.add_argument("--max-new-tokens", type=int, default=128)
+  p.add_argument("--temperature", type=float, default=0.0)
+  p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+  a = p.parse_args(argv)
+  if a.temperature != 0.0:
+    raise SystemExit("error: only greedy decoding (--temperature 0) is implemented so far")
+  import jaxtune
+  from jaxtune.data.chat import load_tokenizer
+  from jaxtune.generate import greedy_generate
+
+  if os.path.exists(os.path.join(a.model, "checkpoints")):
+    from jaxtune.export import restore_model
+    from jaxtune.train.loop import HF_SOURCE
+    model, _, _ = restore_model(a.model)
+    tokenizer = load_tokenizer(os.path.join(a.model, HF_SOURCE))
+  else:
+    model = jaxtune.load_pretrained(a.model)
+    tokenizer = load_tokenizer(a.model)
+  prompts = []
+  if a.prompt is not None:
+    prompts.append([{"role": "user", "content": a.prompt}])
+  else:
+    with open(a.prompts, encoding="utf-8") as f:
+      for line in f:
+        if line.strip():
+          rec = json.loads(line)
+          prompts.append(rec["messages"] if "messages" in rec else [{"role": "user", "content": rec["prompt"]}])
+  if a.system:
+    prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
+  outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens)
+  for conv, text in zip(prompts, outs):
+    if a.json:
+      print(json.dumps({"prompt": conv[-1]["content"], "completion": text}))
+    else:
+      print(f">>> {conv[-1]['content']}\n{text}\n")
+  return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+  if not argv or argv[0] not in ("stats", "inspect"):
+    raise SystemExit("usage: jaxtune data {stats,inspect} --config PATH [--json] [--n N]")
+  sub, rest = argv[0], argv[1:]
+  p = argparse.ArgumentParser(prog=f"jaxtune data {sub}")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--n", type=int, default=5)
+  a, cfg_argv = p.parse_known_args(rest)
+  from jaxtune.config import ConfigError
+  try:
+    cfg = _load_config(cfg_argv)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  from jaxtune.data import report
+  if sub == "stats":
+    s = report.stats(cfg)
+    if a.json:
+      print(json.dumps(s))
+    else:
+      for k, v in s.items():
+        print(f"{k:>20}: {v}")
+    return 0
+  examples = report.inspect(cfg, a.n)
+  if a.json:
+    for ex in examples:
+      print(json.dumps({"input_ids": ex["input_ids"], "loss_mask": ex["loss_mask"]}))
+  else:
+    from jaxtune.data.chat import load_tokenizer
+    tok = load_tokenizer(cfg.model.path, cfg.data.chat_template)
+    for i, ex in enumerate(examples):
+      print(f"--- example {i} ({len(ex['input_ids'])} tokens, {sum(ex['loss_mask'])} trained) ---")
+      print(report.render_example(tok, ex["input_ids"], ex["loss_mask"]))
+  return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=os.environ.get("JAXTUNE_LOG", "WARNING"))
+  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    print("usage: jaxtune {train,export,generate,data} ...\n"
+          "  train    --config PATH [--config.KEY=VALUE ...]\n"
+          "  export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32]\n"
+          "  generate --model HF_DIR_or_RUN_DIR --prompt TEXT [--max-new-tokens N]\n"
+          "  data     {stats,inspect} --config PATH [--json] [--n N]", file=sys.stderr)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+  return COMMANDS[argv[0]](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

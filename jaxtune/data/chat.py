@@ -1,0 +1,248 @@
+"""Messages -> (token ids, loss mask) with the tokenizer's own chat template.
+
+Most chat templates (Llama 3, Qwen, the built-ins in `templates.py`) have no
+`{% generation %}` tags, so transformers' assistant mask is all zeros for them.
+For those the mask is derived from the rendering itself:
+
+1. render the conversation once as text;
+2. render it again with every assistant reply replaced by a placeholder, which
+   splits the text into the template's literal pieces around the replies;
+3. walk the real text piece by piece: each reply must appear verbatim (or
+   trimmed, as Llama 3's template does) between its pieces, and is extended over
+   the end-of-turn marker that follows it;
+4. tokenize the text once with offsets and mark exactly the tokens of those
+   character spans.
+
+Anything that does not line up raises `MaskMismatch`: a wrong mask is never
+returned silently. Templates with `{% generation %}` go through transformers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxtune.data import templates
+
+MASK_MODES = ("assistant", "last_assistant", "none")
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_PLACEHOLDER = "\u27e6JXT:{}\u27e7"
+_PLACEHOLDER_RE = re.compile("\u27e6JXT:(\\d+)\u27e7")
+
+
+class DropExample(Exception):
+  """An example that yields no usable training data; `reason` is a short key."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+    self.detail = detail
+
+
+class MaskMismatch(DropExample):
+  """The rendered chat and the replies do not line up; the mask would be wrong."""
+
+  def __init__(self, detail: str):
+    super().__init__("mask_mismatch", detail)
+
+
+def load_tokenizer(model_path: str, chat_template: str = ""):
+  """A fast tokenizer from an HF dir, with a chat template it can render.
+
+  `chat_template` (a built-in name or a .jinja path, `data.chat_template`) is
+  used when set, else the tokenizer's own template; neither is an error.
+  """
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+  if not getattr(tok, "is_fast", False):
+    raise ValueError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
+  if chat_template:
+    tok.chat_template = templates.resolve(chat_template)
+    missing = [t for t in templates.SPECIAL_TOKENS.get(chat_template, ()) if not _is_single_token(tok, t)]
+    if missing:
+      raise ValueError(
+          f"data.chat_template={chat_template!r} needs special tokens the tokenizer at {model_path!r} "
+          f"lacks: {missing}; adding tokens (and growing embeddings) is not supported yet")
+  elif not tok.chat_template:
+    raise ValueError(
+        f"the tokenizer at {model_path!r} has no chat template: set data.chat_template to a built-in "
+        f"({sorted(templates.BUILTIN)}) or a .jinja file")
+  return tok
+
+
+def _is_single_token(tok, token: str) -> bool:
+  return len(tok.encode(token, add_special_tokens=False)) == 1 and token in tok.get_vocab()
+
+
+def has_generation_tags(template: str | None) -> bool:
+  return bool(template) and bool(_GENERATION_RE.search(template))
+
+
+def end_of_turn_markers(tokenizer) -> tuple[str, ...]:
+  """Strings that may close an assistant turn, longest first."""
+  marks = set(templates.END_OF_TURN)
+  if getattr(tokenizer, "eos_token", None):
+    marks.add(tokenizer.eos_token)
+  return tuple(sorted(marks, key=len, reverse=True))
+
+
+def render(messages: Sequence[dict], tokenizer) -> str:
+  try:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False)
+  except Exception as e:  # jinja raise_exception(), missing keys, ...
+    raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
+
+
+def _trained_turns(messages: Sequence[dict], mask: str) -> list[int]:
+  """Indices of the assistant messages whose replies are trained."""
+  turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
+  if mask == "last_assistant":
+    return turns[-1:]
+  return turns
+
+
+def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "assistant") -> list[tuple[int, int]]:
+  """Character spans [start, end) in `text` of the trained replies plus end-of-turn."""
+  turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
+  keep = set(_trained_turns(messages, mask))
+  marked = [dict(m) for m in messages]
+  for k, i in enumerate(turns):
+    if _PLACEHOLDER_RE.search(marked[i]["content"]):
+      raise MaskMismatch("a reply contains the internal placeholder text")
+    marked[i]["content"] = _PLACEHOLDER.format(k)
+  parts = _PLACEHOLDER_RE.split(render(marked, tokenizer))
+  pieces, order = parts[0::2], [int(k) for k in parts[1::2]]
+  if order != list(range(len(turns))):
+    raise MaskMismatch(f"the template renders assistant replies {order}, expected {list(range(len(turns)))} once each")
+  if not text.startswith(pieces[0]):
+    raise MaskMismatch("the rendering before the first reply depends on the replies")
+  marks = end_of_turn_markers(tokenizer)
+  spans, pos = [], len(pieces[0])
+  for k, i in enumerate(turns):
+    content, after = messages[i]["content"], pieces[k + 1]
+    for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+      if cand and text.startswith(cand, pos) and text.startswith(after, pos + len(cand)):
+        break
+    else:
+      raise MaskMismatch(f"assistant reply {k} does not appear verbatim in the rendered chat")
+    start, pos = pos, pos + len(cand)
+    ws = len(after) - len(after.lstrip())
+    mark = next((m for m in marks if after.startswith(m, ws)), None)
+    if mark is None:
+      raise MaskMismatch(f"no end-of-turn marker ({', '.join(marks)}) follows assistant reply {k}: {after[:40]!r}")
+    if i in keep:
+      spans.append((start, pos + ws + len(mark)))
+    pos += len(after)
+  if pos != len(text):
+    raise MaskMismatch("the rendered chat has text after the last template piece")
+  return spans
+
+
+def spans_to_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]], text: str) -> np.ndarray:
+  """1 for the tokens that exactly cover each character span, else 0.
+
+  `offsets` is [n, 2] (start, end) per token. A token may begin before a span
+  only over whitespace; a token that crosses a span's end is a mismatch.
+  """
+  mask = np.zeros(len(offsets), np.int32)
+  if len(offsets) == 0:
+    return mask
+  starts, ends = offsets[:, 0], offsets[:, 1]
+  for a, b in spans:
+    idx = np.flatnonzero((ends > a) & (starts < b))
+    if idx.size == 0:
+      raise MaskMismatch(f"no token covers characters [{a}, {b})")
+    first, last = idx[0], idx[-1]
+    if starts[first] < a and text[starts[first]:a].strip():
+      raise MaskMismatch(f"token {first} {text[starts[first]:ends[first]]!r} straddles the start of a reply")
+    if ends[last] != b:
+      raise MaskMismatch(f"token {last} {text[starts[last]:ends[last]]!r} straddles the end of a reply")
+    mask[first:last + 1] = 1
+  return mask
+
+
+def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np.ndarray, np.ndarray]:
+  """transformers' {% generation %} mask, checked against the replies."""
+  try:
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+  except Exception as e:
+    raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
+  ids = np.asarray(out["input_ids"], np.int32)
+  gen = np.asarray(out["assistant_masks"], np.int32)
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], gen, [0]])))
+  runs = list(zip(edges[0::2], edges[1::2]))
+  replies = [m["content"] for m in messages if m.get("role") == "assistant" and m.get("content")]
+  if len(runs) != len(replies):
+    raise MaskMismatch(f"{len(runs)} generation blocks for {len(replies)} assistant replies")
+  for (a, b), reply in zip(runs, replies):
+    if reply.strip() not in tokenizer.decode(ids[a:b].tolist()):
+      raise MaskMismatch("a generation block does not contain its assistant reply")
+  if mask == "last_assistant" and runs:
+    gen[:runs[-1][0]] = 0
+  return ids, gen
+
+
+def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
+                 mask: str = "assistant") -> list[tuple[np.ndarray, np.ndarray] | DropExample]:
+  """`tokenize_messages` over many conversations, one tokenizer call for all.
+
+  Returns per conversation either (ids, loss_mask) or the DropExample it raised.
+  """
+  if mask not in MASK_MODES:
+    raise ValueError(f"mask={mask!r} not in {MASK_MODES}")
+  if has_generation_tags(tokenizer.chat_template) and mask != "none":
+    return [_guard(lambda c=c: _checked(*_generation_mask(c, tokenizer, mask))) for c in conversations]
+  prepared: list[Any] = []
+  for conv in conversations:
+    try:
+      text = render(conv, tokenizer)
+      spans = None if mask == "none" else reply_spans(conv, text, tokenizer, mask)
+      prepared.append((text, spans))
+    except DropExample as e:
+      prepared.append(e)
+  texts = [p[0] for p in prepared if not isinstance(p, DropExample)]
+  enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+  results, j = [], 0
+  for p in prepared:
+    if isinstance(p, DropExample):
+      results.append(p)
+      continue
+    text, spans = p
+    ids = np.asarray(enc["input_ids"][j], np.int32)
+    offsets = np.asarray(enc["offset_mapping"][j], np.int64).reshape(-1, 2)
+    j += 1
+    if spans is None:
+      results.append(_guard(lambda ids=ids: _checked(ids, np.ones_like(ids))))
+    else:
+      results.append(_guard(lambda ids=ids, o=offsets, s=spans, t=text: _checked(ids, spans_to_mask(o, s, t))))
+  return results
+
+
+def _guard(fn):
+  try:
+    return fn()
+  except DropExample as e:
+    return e
+
+
+def _checked(ids: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  if ids.size == 0:
+    raise DropExample("empty", "the template rendered no tokens")
+  if not loss_mask.any():
+    raise DropExample("no_loss_tokens", "no token is trained")
+  return ids.astype(np.int32), loss_mask.astype(np.int32)
+
+
+def tokenize_messages(messages: list[dict], tokenizer, mask: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
+  """(ids, loss_mask) int32 arrays; loss_mask[t] == 1 iff ids[t] is trained.
+
+  `mask`: "assistant" trains every assistant reply and its end-of-turn token,
+  "last_assistant" only the last one, "none" every token. Raises DropExample.
+  """
+  out = encode_batch([messages], tokenizer, mask)[0]
+  if isinstance(out, DropExample):
+    raise out
+  return out

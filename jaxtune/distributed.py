@@ -1,0 +1,24 @@
+"""Multi-host start-up: `jax.distributed.initialize()` where a cluster is detected."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def maybe_initialize() -> bool:
+  """Initialises JAX's distributed runtime from env vars, SLURM or a Cloud TPU pod; True if done."""
+  if all(os.environ.get(k) for k in _ENV):
+    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    return True
+  multi_slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+  multi_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  if multi_slurm or multi_tpu:
+    jax.distributed.initialize()  # reads the topology from SLURM / the TPU metadata
+    return True
+  return False

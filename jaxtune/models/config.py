@@ -1,0 +1,204 @@
+"""ModelConfig: one frozen dataclass for every supported decoder family.
+
+Family differences are flags (biases, q/k norm, Gemma norms, softcaps, sliding
+layers) read by one shared decoder. `from_hf`/`to_hf` convert to and from an HF
+`config.json` dict; the per-family files (`llama.py`, `gemma2.py`, ...) hold the
+field mapping and `registry.py` picks the family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+ROPE_TYPES = ("default", "linear", "llama3")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  """RoPE in HF's rotate-half layout; `rope_type` as in HF `rope_parameters`."""
+  rope_type: str = "default"
+  theta: float = 10000.0
+  factor: float = 1.0  # linear, llama3
+  low_freq_factor: float = 1.0  # llama3
+  high_freq_factor: float = 4.0  # llama3
+  original_max_position_embeddings: int = 8192  # llama3
+
+  def __post_init__(self):
+    if self.rope_type not in ROPE_TYPES:
+      raise ValueError(f"rope_type {self.rope_type!r} is not supported; supported: {ROPE_TYPES}")
+    if self.theta <= 0 or self.factor <= 0:
+      raise ValueError(f"rope theta and factor must be > 0, got {self}")
+
+  @classmethod
+  def from_hf(cls, p: dict[str, Any]) -> "RopeConfig":
+    p = dict(p or {})
+    rope_type = p.get("rope_type", p.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+      raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {ROPE_TYPES}")
+    if p.get("partial_rotary_factor", 1.0) != 1.0:
+      raise ValueError(f"partial_rotary_factor={p['partial_rotary_factor']} is not supported")
+    kw: dict[str, Any] = {"rope_type": rope_type, "theta": float(p.get("rope_theta", 10000.0))}
+    if rope_type in ("linear", "llama3"):
+      kw["factor"] = float(p["factor"])
+    if rope_type == "llama3":
+      kw.update(low_freq_factor=float(p["low_freq_factor"]), high_freq_factor=float(p["high_freq_factor"]),
+                original_max_position_embeddings=int(p["original_max_position_embeddings"]))
+    return cls(**kw)
+
+  def to_hf(self) -> dict[str, Any]:
+    out: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.theta}
+    if self.rope_type in ("linear", "llama3"):
+      out["factor"] = self.factor
+    if self.rope_type == "llama3":
+      out.update(low_freq_factor=self.low_freq_factor, high_freq_factor=self.high_freq_factor,
+                 original_max_position_embeddings=self.original_max_position_embeddings)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a decoder-only causal LM (all supported families)."""
+  family: str = "llama"  # a key of models.registry.FAMILIES
+  vocab_size: int = 32000
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int = 32
+  head_dim: int | None = None  # None: hidden_size // num_heads
+  rms_norm_eps: float = 1e-6
+  rope: RopeConfig = RopeConfig()  # full-attention layers (all layers unless rope_local)
+  rope_local: RopeConfig | None = None  # sliding layers, when they use their own RoPE (Gemma 3)
+  layer_types: tuple[str, ...] | None = None  # None: all "full_attention"
+  sliding_window: int | None = None  # tokens a sliding layer sees, itself included
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 8192
+  hidden_act: str = "silu"  # silu | gelu_tanh | gelu
+  qkv_bias: bool = False
+  o_bias: bool = False
+  mlp_bias: bool = False
+  qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, Gemma 3)
+  norm_plus_one: bool = False  # Gemma RMSNorm: x * (1 + w), w zero-initialised
+  sandwich_norm: bool = False  # Gemma 2/3: post-attention, pre/post-feedforward norms
+  scale_embeddings: bool = False  # Gemma: embeddings * sqrt(hidden_size)
+  query_pre_attn_scalar: float | None = None  # attention scale = this**-0.5 (default head_dim)
+  attn_logit_softcap: float | None = None
+  final_logit_softcap: float | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
+
+  def __post_init__(self):
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_heads, 1))
+    if self.layer_types is None:
+      object.__setattr__(self, "layer_types", (FULL,) * self.num_layers)
+    object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    if isinstance(self.eos_token_id, list):
+      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    from jaxtune.models.registry import FAMILIES
+    errors = []
+    if self.family not in FAMILIES:
+      errors.append(f"family {self.family!r} not in {sorted(FAMILIES)}")
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+      if getattr(self, name) < 1:
+        errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads:
+      errors.append(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      errors.append(f"head_dim must be even for RoPE, got {self.head_dim}")
+    if len(self.layer_types) != self.num_layers:
+      errors.append(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+    if bad := sorted(set(self.layer_types) - {FULL, SLIDING}):
+      errors.append(f"unknown layer types {bad}; known: {(FULL, SLIDING)}")
+    if SLIDING in self.layer_types and not (self.sliding_window and self.sliding_window >= 1):
+      errors.append("sliding_attention layers need sliding_window >= 1")
+    if self.hidden_act not in ACTIVATIONS:
+      errors.append(f"hidden_act {self.hidden_act!r} not in {ACTIVATIONS}")
+    if self.rms_norm_eps <= 0:
+      errors.append(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+    for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar"):
+      if getattr(self, name) is not None and getattr(self, name) <= 0:
+        errors.append(f"{name} must be > 0 or None, got {getattr(self, name)}")
+    if errors:
+      raise ValueError("invalid ModelConfig: " + "; ".join(errors))
+
+  # -- per-layer views ------------------------------------------------------
+  def is_sliding(self, layer: int) -> bool:
+    return self.layer_types[layer] == SLIDING
+
+  def window(self, layer: int) -> int | None:
+    return self.sliding_window if self.is_sliding(layer) else None
+
+  def rope_for(self, layer: int) -> RopeConfig:
+    return self.rope_local if (self.rope_local is not None and self.is_sliding(layer)) else self.rope
+
+  @property
+  def attn_scale(self) -> float:
+    return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  @property
+  def num_params(self) -> int:
+    d, h, n, k, f = self.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, self.intermediate_size
+    attn = d * h * (2 * n + 2 * k) + (h * (n + 2 * k) if self.qkv_bias else 0) + (d if self.o_bias else 0)
+    norms = d * (4 if self.sandwich_norm else 2) + (2 * h if self.qk_norm else 0)
+    mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
+    head = 0 if self.tie_word_embeddings else d * self.vocab_size
+    return self.vocab_size * d + self.num_layers * (attn + norms + mlp) + d + head
+
+  # -- HF config.json -------------------------------------------------------
+  @classmethod
+  def from_hf(cls, hf_config: dict[str, Any]) -> "ModelConfig":
+    """From an HF config.json dict; the family comes from architectures / model_type."""
+    from jaxtune.models.registry import family_for, normalized_hf
+    fam = family_for(hf_config)
+    return cls(family=fam.NAME, **fam.from_hf(normalized_hf(hf_config, fam)))
+
+  def to_hf(self) -> dict[str, Any]:
+    """A config.json dict that transformers loads as this architecture."""
+    from jaxtune.models.registry import FAMILIES
+    fam = FAMILIES[self.family]
+    out = {"architectures": [fam.ARCHITECTURE], "model_type": fam.MODEL_TYPE, **common_to_hf(self), **fam.to_hf(self)}
+    return out
+
+
+def common_from_hf(h: Any) -> dict[str, Any]:
+  """Fields every family shares, from a normalised transformers config object."""
+  eos = getattr(h, "eos_token_id", None)
+  return dict(
+      vocab_size=h.vocab_size, hidden_size=h.hidden_size, intermediate_size=h.intermediate_size,
+      num_layers=h.num_hidden_layers, num_heads=h.num_attention_heads,
+      num_kv_heads=h.num_key_value_heads or h.num_attention_heads,
+      head_dim=getattr(h, "head_dim", None) or h.hidden_size // h.num_attention_heads,
+      rms_norm_eps=float(h.rms_norm_eps), tie_word_embeddings=bool(h.tie_word_embeddings),
+      max_position_embeddings=int(h.max_position_embeddings),
+      bos_token_id=getattr(h, "bos_token_id", None), pad_token_id=getattr(h, "pad_token_id", None),
+      eos_token_id=tuple(eos) if isinstance(eos, (list, tuple)) else eos,
+  )
+
+
+def common_to_hf(c: ModelConfig) -> dict[str, Any]:
+  eos = list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id
+  return dict(
+      vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+      head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
+      max_position_embeddings=c.max_position_embeddings,
+      bos_token_id=c.bos_token_id, eos_token_id=eos, pad_token_id=c.pad_token_id,
+  )
+
+
+def activation_from_hf(name: str) -> str:
+  table = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+           "gelu_tanh": "gelu_tanh", "gelu": "gelu"}
+  if name not in table:
+    raise ValueError(f"activation {name!r} is not supported; supported: {sorted(table)}")
+  return table[name]
+
+
+def activation_to_hf(name: str) -> str:
+  return {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[name]

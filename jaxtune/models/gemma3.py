@@ -1,0 +1,20 @@
+"""Gemma 3 text (Gemma3ForCausalLM, model_type gemma3_text): Gemma 2 layout plus
+q/k RMSNorm and a separate RoPE (base, scaling) for sliding and full layers."""
+
+from jaxtune.models.config import FULL, SLIDING, RopeConfig
+from jaxtune.models.gemma2 import gemma_from_hf, gemma_to_hf
+
+NAME = "gemma3"
+MODEL_TYPE = "gemma3_text"
+ARCHITECTURE = "Gemma3ForCausalLM"
+
+
+def from_hf(h) -> dict:
+  rp = h.rope_parameters
+  return dict(gemma_from_hf(h), qk_norm=True, rope=RopeConfig.from_hf(rp[FULL]),
+              rope_local=RopeConfig.from_hf(rp[SLIDING]))
+
+
+def to_hf(c) -> dict:
+  local = c.rope_local or c.rope
+  return dict(gemma_to_hf(c), rope_parameters={FULL: c.rope.to_hf(), SLIDING: local.to_hf()})

@@ -1,0 +1,136 @@
+"""The decoder shared by every family, and the causal LM around it.
+
+Attribute paths mirror HF: `model.embed_tokens`, `model.layers[i].self_attn`,
+`model.layers[i].mlp`, `model.norm`, `lm_head` (None when tied).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtune.mesh import constrain
+from jaxtune.models.attention import Attention
+from jaxtune.models.config import ModelConfig
+from jaxtune.models.layers import MLP, Embed, Linear, RMSNorm
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ACT = ("batch", "seq", None)
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block; with `sandwich_norm` (Gemma) the attention and MLP outputs
+  are normed too, and the pre-MLP norm is `pre_feedforward_layernorm`."""
+
+  def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl):
+    nkw = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
+    self.self_attn = Attention(cfg, layer, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                               attention_impl=attention_impl)
+    self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, bias=cfg.mlp_bias, rngs=rngs,
+                   dtype=dtype, param_dtype=param_dtype)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, **nkw)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **nkw)
+    if cfg.sandwich_norm:
+      self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, **nkw)
+      self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, **nkw)
+    else:
+      self.pre_feedforward_layernorm = self.post_feedforward_layernorm = None
+
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
+    attn_BTD = self.self_attn(self.input_layernorm(x_BTD), positions_BT, segment_ids_BT)
+    if self.pre_feedforward_layernorm is None:
+      h_BTD = x_BTD + attn_BTD
+      return h_BTD + self.mlp(self.post_attention_layernorm(h_BTD))
+    h_BTD = x_BTD + self.post_attention_layernorm(attn_BTD)
+    return h_BTD + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h_BTD)))
+
+
+class Decoder(nnx.Module):
+  """HF's `model`: embeddings, layers, final norm."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl):
+    self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.layers = nnx.List([
+        DecoderLayer(cfg, i, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+        for i in range(cfg.num_layers)
+    ])
+    self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
+
+
+def _run_layer(layer: DecoderLayer, remat: str, x_BTD, positions_BT, segment_ids_BT):
+  if remat == "none":
+    return layer(x_BTD, positions_BT, segment_ids_BT)
+  graphdef, state = nnx.split(layer)
+
+  def f(state, x_BTD, positions_BT, segment_ids_BT):
+    return nnx.merge(graphdef, state)(x_BTD, positions_BT, segment_ids_BT)
+
+  return jax.checkpoint(f, policy=REMAT_POLICIES[remat], prevent_cse=True)(state, x_BTD, positions_BT, segment_ids_BT)
+
+
+class CausalLM(nnx.Module):
+  """Decoder-only LM: `__call__(input_ids [B,T], positions, segment_ids) -> float32 logits [B,T,V]`."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = "none", attention_impl: str | None = None, hf_config: dict[str, Any] | None = None):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"remat {remat!r} not in {tuple(REMAT_POLICIES)}")
+    self.config = cfg
+    self.dtype = dtype
+    self.remat = remat
+    self.model = Decoder(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+    self.lm_head = None if cfg.tie_word_embeddings else Linear(
+        cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    # Stored as JSON text so the graph definition stays hashable.
+    self._hf_config_json = None if hf_config is None else json.dumps(hf_config, sort_keys=True)
+
+  @property
+  def hf_config(self) -> dict[str, Any] | None:
+    """The source config.json (as loaded), or None for a model built from scratch."""
+    return None if self._hf_config_json is None else json.loads(self._hf_config_json)
+
+  def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
+                    segment_ids: jax.Array | None = None) -> jax.Array:
+    """Final-normed hidden states [B, T, D] in the compute dtype."""
+    B, T = input_ids.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)) if positions is None else positions
+    x_BTD = self.model.embed_tokens(input_ids)
+    if self.config.scale_embeddings:
+      x_BTD = x_BTD * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
+    x_BTD = constrain(x_BTD, ACT)
+    for layer in self.model.layers:
+      x_BTD = constrain(_run_layer(layer, self.remat, x_BTD, positions_BT, segment_ids), ACT)
+    return constrain(self.model.norm(x_BTD), ACT)
+
+  def logits_from_hidden(self, h_BTD: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] (final softcap applied) from `hidden_states`."""
+    if self.lm_head is None:
+      logits_BTV = self.model.embed_tokens.attend(h_BTD)
+    else:
+      logits_BTV = jnp.einsum("btd,dv->btv", h_BTD.astype(self.dtype), self.lm_head.kernel[...].astype(self.dtype),
+                              preferred_element_type=jnp.float32)
+    cap = self.config.final_logit_softcap
+    if cap is not None:
+      logits_BTV = jnp.tanh(logits_BTV / cap) * cap
+    return logits_BTV
+
+  def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids))
+
+
+def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                attention_impl: str | None = None, hf_config: dict[str, Any] | None = None) -> CausalLM:
+  """A randomly initialised CausalLM (normal(0.02) kernels/embeddings, zero biases, unit norms)."""
+  return CausalLM(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, attention_impl=attention_impl,
+                  hf_config=hf_config)

@@ -1,0 +1,90 @@
+"""Orbax checkpoints of a run: params, optimizer state, data iterator and metadata.
+
+Layout: `RUN_DIR/checkpoints/<step>/{params,opt_state,data_iter,meta}`. Params
+are a separate item so that export restores them alone, without the optimizer
+moments. A step dir that is empty or unfinished is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxtune.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+_FINAL_MARKER = "_CHECKPOINT_METADATA"
+
+
+def checkpoint_dir(run_dir: str) -> str:
+  return os.path.join(run_dir, "checkpoints")
+
+
+def make_manager(run_dir: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, enable_async_checkpointing=async_save,
+                                         create=True)
+  return ocp.CheckpointManager(epath.Path(checkpoint_dir(run_dir)), options=options)
+
+
+def good_steps(mgr: ocp.CheckpointManager) -> list[int]:
+  """Finished steps, newest first; empty or unfinished step dirs are skipped with a warning."""
+  out = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    path = epath.Path(mgr.directory) / str(step)
+    if (path / _FINAL_MARKER).exists() and (path / "params").exists():
+      out.append(step)
+    else:
+      log.warning("skipping checkpoint step dir %s: empty or unfinished", path)
+  return out
+
+
+def save(mgr: ocp.CheckpointManager, state: TrainState, data_iter: Any, meta: dict[str, Any], *,
+         force: bool = False) -> bool:
+  step = int(jax.device_get(state.step))
+  items = dict(params=ocp.args.StandardSave(state.params),
+               opt_state=ocp.args.StandardSave(state.opt_state),
+               meta=ocp.args.JsonSave({**meta, "step": step}))
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+  return mgr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, state: TrainState, data_iter: Any) -> tuple[TrainState, dict]:
+  """Restores `step` onto the shardings of `state` (which may live on another mesh)."""
+  items = dict(params=ocp.args.StandardRestore(_abstract(state.params)),
+               opt_state=ocp.args.StandardRestore(_abstract(state.opt_state)),
+               meta=ocp.args.JsonRestore())
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+  r = mgr.restore(step, args=ocp.args.Composite(**items))
+  restored = state.replace(step=jax.device_put(jax.numpy.asarray(r.meta["step"], jax.numpy.int32),
+                                               state.step.sharding),
+                           params=r.params, opt_state=r.opt_state)
+  return restored, r.meta
+
+
+def restore_params(run_dir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, dict, int]:
+  """Params (and meta) of `step` (default: the latest good one), for export and generation."""
+  mgr = make_manager(run_dir, async_save=False)
+  steps = good_steps(mgr)
+  if not steps:
+    raise FileNotFoundError(f"no finished checkpoint under {checkpoint_dir(run_dir)}")
+  if step is None:
+    step = steps[0]
+  elif step not in steps:
+    raise FileNotFoundError(f"step {step} is not a finished checkpoint of {run_dir}; have {sorted(steps)}")
+  r = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
+                                                meta=ocp.args.JsonRestore()))
+  mgr.close()
+  return r.params, r.meta, step

@@ -1,0 +1,65 @@
+"""Metrics out of the loop: `metrics.jsonl` rows (process 0 only) and MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+
+# Dense bf16 peak FLOP/s per device (chip), from the vendors' spec sheets.
+PEAK_FLOPS = {
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,  # v5e
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,  # v6e (Trillium)
+    "tpu v6e": 918e12,
+    "a100": 312e12,
+    "h100": 989e12,
+    "h200": 989e12,
+}
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+  """Peak FLOP/s of one device, or None when unknown (e.g. CPU)."""
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "").lower()
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      return PEAK_FLOPS[key]
+  return None
+
+
+def flops_per_token(n_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6N for the matmuls plus causal attention (12 * L * D * T / 2)."""
+  return 6.0 * n_params + 6.0 * num_layers * hidden * seq_len
+
+
+def mfu(tokens_per_s: float, fpt: float) -> float | None:
+  peak = peak_flops_per_device()
+  if peak is None or not math.isfinite(tokens_per_s):
+    return None
+  return tokens_per_s * fpt / (peak * jax.device_count())
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to RUN_DIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, run_dir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._f = open(self.path, "a", encoding="utf-8") if self.enabled else None
+
+  def write(self, row: dict[str, Any]) -> None:
+    if self._f is not None:
+      self._f.write(json.dumps(row) + "\n")
+      self._f.flush()
+
+  def close(self) -> None:
+    if self._f is not None:
+      self._f.close()
+      self._f = None

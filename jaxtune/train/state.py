@@ -1,0 +1,50 @@
+"""The train state: a pytree of (step, trainable params, optimizer state, the rest).
+
+The model's graph definition stays outside the state (static); the jitted step
+merges it back with the params. Optimizer state is created by a jitted
+`tx.init`, so its moments inherit the params' shardings and are never
+materialised on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State  # trainable nnx.Param variables
+  opt_state: Any
+  rest: nnx.State  # everything else the model holds (not trained, not saved)
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params, rest
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+  """Splits a (possibly sharded) model and creates the optimizer state beside its params."""
+  graphdef, params, rest = split_model(model)
+  opt_state = jax.jit(tx.init)(params)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rest=rest)
+
+
+def state_shardings(state: TrainState) -> TrainState:
+  """The concrete shardings of a state, for the step's in/out shardings."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def abstract_state(state: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def param_count(params: nnx.State) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,108 @@
+"""End to end through the command line: train -> checkpoints -> resume -> export -> transformers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers.hf_models import make_tiny_hf
+from tests.helpers.tokenizers import make_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def jaxtune(*args, check=True):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-m", "jaxtune.cli", *args], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  if check and p.returncode != 0:
+    raise AssertionError(f"jaxtune {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+  return p
+
+
+def _records(n=48):
+  words = ["apple", "river", "stone", "cloud", "green", "light", "music", "table"]
+  out = []
+  for i in range(n):
+    a, b = words[i % 8], words[(i * 3 + 1) % 8]
+    msgs = [{"role": "user", "content": f"Join {a} and {b}."}, {"role": "assistant", "content": f"{a} {b}"}]
+    if i % 3 == 0:
+      msgs = [{"role": "system", "content": "Be brief."}] + msgs + [
+          {"role": "user", "content": "Again?"}, {"role": "assistant", "content": f"{b} {a}"}]
+    out.append(json.dumps({"messages": msgs}))
+  return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("e2e")
+  _, tok = make_tokenizer(str(tmp), template="llama3")
+  model_dir, _ = make_tiny_hf(str(tmp / "model"), family="llama", vocab_size=len(tok))
+  tok.save_pretrained(model_dir)
+  lines = _records()
+  lines.insert(5, "{not json")
+  lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no reply"}]}))
+  data = tmp / "chat.jsonl"
+  data.write_text("\n".join(lines) + "\n")
+  return tmp, model_dir, str(data)
+
+
+def test_train_resume_export_reload(setup):
+  tmp, model_dir, data = setup
+  run = str(tmp / "run")
+  cfg = f"--config=configs/tiny.py:{model_dir},{data}"
+  p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=6", "--config.checkpoint.every=3")
+  assert "dropped 2" in p.stdout or "malformed" in p.stdout, p.stdout
+  rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+  assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(rows[-1])
+  assert rows[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in rows)
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
+
+  # Same command with more steps resumes from step 6.
+  p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=8", "--config.checkpoint.every=3")
+  assert "resumed" in p.stdout, p.stdout
+  rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+  assert rows[-1]["step"] == 8
+
+  out = str(tmp / "hf")
+  jaxtune("export", "--run", run, "--out", out)
+  import torch
+  import transformers
+  from jaxtune.export import restore_model
+
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert tok.chat_template, "exported tokenizer lost its chat template"
+  ids = tok.apply_chat_template([{"role": "user", "content": "Join apple and river."}],
+                                add_generation_prompt=True, tokenize=True, return_dict=False)
+  ids = np.asarray([ids], np.int32)
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+  model, _, step = restore_model(run)
+  assert step == 8
+  got = np.asarray(model(ids))
+  assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
+  # The tuned weights differ from the base model's.
+  base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+  with torch.no_grad():
+    assert np.abs(base(torch.tensor(ids, dtype=torch.long)).logits.numpy() - ref).max() > 1e-3
+
+
+def test_config_typo_names_the_key(setup):
+  tmp, model_dir, data = setup
+  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", "--config.train.stepz=3", check=False)
+  assert p.returncode != 0
+  assert "stepz" in p.stderr and "steps" in p.stderr, p.stderr
+
+
+def test_no_valid_example_is_an_error(setup):
+  tmp, model_dir, _ = setup
+  bad = tmp / "bad.jsonl"
+  bad.write_text("{oops\n" + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{bad}", f"--config.run.dir={tmp / 'badrun'}",
+              check=False)
+  assert p.returncode != 0
+  assert "bad.jsonl:1" in p.stderr + p.stdout, p.stderr
