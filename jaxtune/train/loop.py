@@ -135,8 +135,10 @@ def train(cfg: Config) -> TrainResult:
                             f"under {ckpt_lib.checkpoint_dir(cfg.run.dir)})")
       if m["loss_tokens"] == 0:
         raise TrainingError(f"step {step}: the batch has no trained token (all-zero loss mask)")
-      timer["tokens"] += m["tokens"]
       now = time.perf_counter()
+      timer["tokens"] += m["tokens"]
+      if step == start + 1 and is_main:
+        tqdm.write(f"first step (compile + run) took {now - timer['t']:.1f}s; loss {m['loss']:.4f}")
       if step % cfg.train.log_every == 0 or step == total or step == start + 1:
         tps = timer["tokens"] / max(now - timer["t"], 1e-9)
         row = {"step": step, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
