@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.overlong = "drop"  # or "truncate"
   c.data.chat_template = ""  # named built-in or .jinja path, for models without one
   c.data.workers = 0
+  c.data.cache_dir = ""  # "": off; else tokenized examples are cached there across runs
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 8
@@ -52,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.eval_every = 0
   c.train.log_every = 10
+  c.train.skip_nonfinite = False  # skip an update with a non-finite loss/grad instead of stopping
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-5
@@ -73,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.every = 0  # 0: only the final save
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
+  c.checkpoint.allow_config_change = False  # resume even if data/seed/seq_len changed
 
   c.run = ml_collections.ConfigDict()
   c.run.dir = "runs/default"
@@ -139,6 +142,7 @@ class DataCfg:
   overlong: str = "drop"
   chat_template: str = ""
   workers: int = 0
+  cache_dir: str = ""
 
   def __post_init__(self):
     _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
@@ -154,6 +158,7 @@ class TrainCfg:
   seed: int = 0
   eval_every: int = 0
   log_every: int = 10
+  skip_nonfinite: bool = False
 
   def __post_init__(self):
     _check(self.steps >= 1, "train.steps", "must be >= 1")
@@ -197,6 +202,7 @@ class CheckpointCfg:
   every: int = 0
   keep: int = 3
   async_save: bool = True
+  allow_config_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

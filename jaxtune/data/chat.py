@@ -80,6 +80,12 @@ def has_generation_tags(template: str | None) -> bool:
   return bool(template) and bool(_GENERATION_RE.search(template))
 
 
+def _template(tokenizer) -> str:
+  """The template apply_chat_template uses (the default one of a named set)."""
+  t = tokenizer.chat_template
+  return t if isinstance(t, str) or t is None else tokenizer.get_chat_template()
+
+
 def end_of_turn_markers(tokenizer) -> tuple[str, ...]:
   """Strings that may close an assistant turn, longest first."""
   marks = set(templates.END_OF_TURN)
@@ -95,18 +101,10 @@ def render(messages: Sequence[dict], tokenizer) -> str:
     raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
 
 
-def _trained_turns(messages: Sequence[dict], mask: str) -> list[int]:
-  """Indices of the assistant messages whose replies are trained."""
-  turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
-  if mask == "last_assistant":
-    return turns[-1:]
-  return turns
-
-
 def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "assistant") -> list[tuple[int, int]]:
   """Character spans [start, end) in `text` of the trained replies plus end-of-turn."""
   turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
-  keep = set(_trained_turns(messages, mask))
+  keep = set(turns[-1:] if mask == "last_assistant" else turns)
   marked = [dict(m) for m in messages]
   for k, i in enumerate(turns):
     if _PLACEHOLDER_RE.search(marked[i]["content"]):
@@ -122,12 +120,10 @@ def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "ass
   spans, pos = [], len(pieces[0])
   for k, i in enumerate(turns):
     content, after = messages[i]["content"], pieces[k + 1]
-    for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
-      if cand and text.startswith(cand, pos) and text.startswith(after, pos + len(cand)):
-        break
-    else:
-      raise MaskMismatch(f"assistant reply {k} does not appear verbatim in the rendered chat")
-    start, pos = pos, pos + len(cand)
+    n = _rendered_reply_length(text, pos, content, after, last=k == len(turns) - 1)
+    if n is None:
+      raise MaskMismatch(f"assistant reply {k} is not in the rendered chat as written (nor a part of it)")
+    start, pos = pos, pos + n
     ws = len(after) - len(after.lstrip())
     mark = next((m for m in marks if after.startswith(m, ws)), None)
     if mark is None:
@@ -138,6 +134,26 @@ def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "ass
   if pos != len(text):
     raise MaskMismatch("the rendered chat has text after the last template piece")
   return spans
+
+
+def _rendered_reply_length(text: str, pos: int, content: str, after: str, last: bool) -> int | None:
+  """Length of the reply rendered at text[pos:], which the template piece `after` follows.
+
+  Verbatim or trimmed (Llama 3) first. Failing that, the text up to the next
+  piece, if it is a part of the reply (e.g. earlier turns rendered without their
+  reasoning) or wraps it (e.g. reasoning rendered around the last reply).
+  None when neither holds.
+  """
+  for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+    if cand and text.startswith(cand, pos) and text.startswith(after, pos + len(cand)):
+      return len(cand)
+  end = len(text) - len(after) if last else text.find(after, pos)
+  if end < pos or not text.startswith(after, end):
+    return None
+  shown = text[pos:end].strip()
+  if shown and (shown in content or content.strip() in shown):
+    return end - pos
+  return None
 
 
 def spans_to_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]], text: str) -> np.ndarray:
@@ -193,7 +209,7 @@ def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
   """
   if mask not in MASK_MODES:
     raise ValueError(f"mask={mask!r} not in {MASK_MODES}")
-  if has_generation_tags(tokenizer.chat_template) and mask != "none":
+  if has_generation_tags(_template(tokenizer)) and mask != "none":
     return [_guard(lambda c=c: _checked(*_generation_mask(c, tokenizer, mask))) for c in conversations]
   prepared: list[Any] = []
   for conv in conversations:
@@ -204,21 +220,37 @@ def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
     except DropExample as e:
       prepared.append(e)
   texts = [p[0] for p in prepared if not isinstance(p, DropExample)]
-  enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+  enc = _encode_with_offsets(tokenizer, texts)
   results, j = [], 0
   for p in prepared:
     if isinstance(p, DropExample):
       results.append(p)
       continue
     text, spans = p
-    ids = np.asarray(enc["input_ids"][j], np.int32)
-    offsets = np.asarray(enc["offset_mapping"][j], np.int64).reshape(-1, 2)
+    ids, offsets = enc[j]
     j += 1
     if spans is None:
       results.append(_guard(lambda ids=ids: _checked(ids, np.ones_like(ids))))
     else:
       results.append(_guard(lambda ids=ids, o=offsets, s=spans, t=text: _checked(ids, spans_to_mask(o, s, t))))
   return results
+
+
+def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(ids int32 [n], char offsets int64 [n, 2]) per text, no special tokens added.
+
+  Straight through the Rust tokenizer (what the fast tokenizer's __call__ runs,
+  minus converting every encoding to Python lists twice).
+  """
+  if not texts:
+    return []
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is None:
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    pairs = zip(enc["input_ids"], enc["offset_mapping"])
+  else:
+    pairs = ((e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False))
+  return [(np.asarray(i, np.int32), np.asarray(o, np.int64).reshape(-1, 2)) for i, o in pairs]
 
 
 def _guard(fn):

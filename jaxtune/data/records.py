@@ -44,10 +44,9 @@ def where(file: str, n: int) -> str:
 def expand(path: str) -> list[str]:
   """A file, a directory (its supported files) or a glob, as a sorted file list."""
   if os.path.isdir(path):
-    files = [os.path.join(path, f) for f in sorted(os.listdir(path))]
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(EXTENSIONS)]
   else:
     files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
-  files = [f for f in files if f.endswith(EXTENSIONS) or not os.path.isdir(path)]
   if not files:
     raise FileNotFoundError(f"data source {path!r} matches no {'/'.join(EXTENSIONS)} file")
   for f in files:
@@ -115,6 +114,9 @@ def to_messages(record: Any, fmt: str) -> list[dict]:
     fmt = detect_format(record) or ""
     if not fmt:
       raise MalformedRecord("unknown_schema", f"keys {sorted(record)[:8]} match no format")
+  key = {"messages": "messages", "sharegpt": "conversations"}.get(fmt)
+  if key and key not in record:
+    raise MalformedRecord("bad_schema", f"no {key!r} key in a {fmt} record")
   if fmt == "messages":
     msgs = _from_messages(record)
   elif fmt == "sharegpt":

@@ -59,10 +59,12 @@ def make_tokenizer(tmp_dir: str, template: str = "llama3", vocab: int = 320,
       vocab_size=vocab, special_tokens=spec["tokens"], show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+  if template == "llama3":
+    tok.model.ignore_merges = True  # as in Llama 3's tokenizer.json (old tokenizers gave wrong offsets)
   assert tok.get_vocab_size() <= max(vocab, 256 + len(spec["tokens"]))
   fast = PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token=spec["bos_token"], eos_token=spec["eos_token"],
-      pad_token=spec["pad_token"])
+      pad_token=spec["pad_token"], clean_up_tokenization_spaces=False)
   fast.chat_template = templates.BUILTIN[template] if chat_template is None else (chat_template or None)
   path = os.path.join(str(tmp_dir), f"tok_{template}")
   fast.save_pretrained(path)

@@ -1,0 +1,110 @@
+"""Pure packing: (ids, loss_mask) examples -> fixed-length rows.
+
+A row holds whole examples only (none is ever split across rows), each tagged
+with a segment id 1, 2, ... in the row (0 = padding) and 0-based positions
+within its segment. For example, with seq_len=6 and examples of lengths 3 and 2:
+
+  input_ids   = [a0 a1 a2 b0 b1 P]
+  segment_ids = [ 1  1  1  2  2 0]
+  positions   = [ 0  1  2  0  1 0]
+
+Unpacked mode puts one example per row, padded, with segment id 1. Rows are
+assigned first-fit in arrival order, so the result is a pure function of the
+input order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxtune.data.chat import DropExample
+
+FIELDS = ("input_ids", "loss_mask", "segment_ids", "positions")
+
+
+def prepare_example(ids: np.ndarray, mask: np.ndarray, seq_len: int,
+                    overlong: str = "drop") -> tuple[np.ndarray, np.ndarray, bool]:
+  """Fits one example to seq_len: (ids, mask, truncated) or DropExample.
+
+  The first token of an example is never a target (nothing in its segment
+  precedes it), so `mask[t] == 1` always implies `positions[t] > 0`.
+  """
+  truncated = False
+  if len(ids) > seq_len:
+    if overlong == "drop":
+      raise DropExample("overlong", f"{len(ids)} tokens > seq_len={seq_len}")
+    if overlong != "truncate":
+      raise ValueError(f"overlong={overlong!r} not in ('drop', 'truncate')")
+    ids, mask, truncated = ids[:seq_len], mask[:seq_len], True
+  mask = mask.astype(np.int32, copy=True)
+  mask[:1] = 0
+  if not mask.any():
+    reason = "truncated_no_loss_tokens" if truncated else "no_loss_tokens"
+    raise DropExample(reason, "no trained token left")
+  return ids.astype(np.int32, copy=False), mask, truncated
+
+
+def first_fit(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+  """Groups item indices into rows of total length <= seq_len, first fit."""
+  room = np.zeros(len(lengths), np.int64)
+  rows: list[list[int]] = []
+  for i, n in enumerate(lengths):
+    if n > seq_len:
+      raise ValueError(f"item {i} has length {n} > seq_len={seq_len}")
+    fits = room[:len(rows)] >= n
+    r = int(np.argmax(fits)) if fits.any() else len(rows)
+    if r == len(rows):
+      rows.append([])
+      room[r] = seq_len
+    rows[r].append(i)
+    room[r] -= n
+  return rows
+
+
+def pack_rows(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, *,
+              pad_id: int = 0, packing: bool = True) -> dict[str, np.ndarray]:
+  """Examples -> {field: int32 [rows, seq_len]} for FIELDS."""
+  lengths = [len(ids) for ids, _ in examples]
+  if packing:
+    rows = first_fit(lengths, seq_len)
+  else:
+    if lengths and max(lengths) > seq_len:
+      raise ValueError(f"an example has length {max(lengths)} > seq_len={seq_len}")
+    rows = [[i] for i in range(len(examples))]
+  out = {k: np.zeros((len(rows), seq_len), np.int32) for k in FIELDS}
+  out["input_ids"].fill(pad_id)
+  for r, members in enumerate(rows):
+    pos = 0
+    for seg, i in enumerate(members, start=1):
+      ids, mask = examples[i]
+      n = len(ids)
+      out["input_ids"][r, pos:pos + n] = ids
+      out["loss_mask"][r, pos:pos + n] = mask
+      out["segment_ids"][r, pos:pos + n] = seg
+      out["positions"][r, pos:pos + n] = np.arange(n, dtype=np.int32)
+      pos += n
+  return out
+
+
+def unpack_rows(rows: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The (ids, mask) examples held in packed rows, row by row, segment by segment."""
+  out = []
+  for r in range(rows["segment_ids"].shape[0]):
+    seg = rows["segment_ids"][r]
+    for s in np.unique(seg[seg > 0]):
+      sel = seg == s
+      out.append((rows["input_ids"][r][sel], rows["loss_mask"][r][sel]))
+  return out
+
+
+def windows_efficiency(lengths: np.ndarray, seq_len: int, window: int, packing: bool = True) -> float:
+  """Fraction of row slots holding real tokens when packing `lengths` in windows."""
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size == 0:
+    return 0.0
+  if not packing:
+    return float(lengths.sum() / (lengths.size * seq_len))
+  n_rows = sum(len(first_fit(lengths[i:i + window], seq_len)) for i in range(0, lengths.size, window))
+  return float(lengths.sum() / (n_rows * seq_len))
