@@ -172,6 +172,16 @@ def cmd_data(argv: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "data": cmd_data}
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Errors that describe bad input: printed as one line, no traceback (JAXTUNE_LOG=DEBUG shows it)."""
+  from jaxtune.config import ConfigError
+  from jaxtune.data.chat import DropExample
+  from jaxtune.data.examples import DataError
+  from jaxtune.train.loop import TrainingError
+  from jaxtune.weights.hf_load import CheckpointError
+  return (ConfigError, DataError, DropExample, TrainingError, CheckpointError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=os.environ.get("JAXTUNE_LOG", "WARNING"))
@@ -182,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
           "  generate --model HF_DIR_or_RUN_DIR --prompt TEXT [--max-new-tokens N]\n"
           "  data     {stats,inspect} --config PATH [--json] [--n N]", file=sys.stderr)
     return 0 if argv and argv[0] in ("-h", "--help") else 2
-  return COMMANDS[argv[0]](argv[1:]) or 0
+  try:
+    return COMMANDS[argv[0]](argv[1:]) or 0
+  except _user_errors() as e:
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+      raise
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,38 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.helpers.cli import chat_records, jaxtune
 from tests.helpers.hf_models import make_tiny_hf
 from tests.helpers.tokenizers import make_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def jaxtune(*args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, "-m", "jaxtune.cli", *args], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=600)
-  if check and p.returncode != 0:
-    raise AssertionError(f"jaxtune {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-  return p
-
-
-def _records(n=48):
-  words = ["apple", "river", "stone", "cloud", "green", "light", "music", "table"]
-  out = []
-  for i in range(n):
-    a, b = words[i % 8], words[(i * 3 + 1) % 8]
-    msgs = [{"role": "user", "content": f"Join {a} and {b}."}, {"role": "assistant", "content": f"{a} {b}"}]
-    if i % 3 == 0:
-      msgs = [{"role": "system", "content": "Be brief."}] + msgs + [
-          {"role": "user", "content": "Again?"}, {"role": "assistant", "content": f"{b} {a}"}]
-    out.append(json.dumps({"messages": msgs}))
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +17,7 @@ def setup(tmp_path_factory):
   _, tok = make_tokenizer(str(tmp), template="llama3")
   model_dir, _ = make_tiny_hf(str(tmp / "model"), family="llama", vocab_size=len(tok))
   tok.save_pretrained(model_dir)
-  lines = _records()
+  lines = chat_records()
   lines.insert(5, "{not json")
   lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no reply"}]}))
   data = tmp / "chat.jsonl"

@@ -7,8 +7,10 @@ moments. A step dir that is empty or unfinished is skipped with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from typing import Any
 
 import grain
@@ -33,16 +35,27 @@ def make_manager(run_dir: str, *, keep: int = 3, async_save: bool = True) -> ocp
   return ocp.CheckpointManager(epath.Path(checkpoint_dir(run_dir)), options=options)
 
 
-def good_steps(mgr: ocp.CheckpointManager) -> list[int]:
-  """Finished steps, newest first; empty or unfinished step dirs are skipped with a warning."""
+def good_steps(mgr: ocp.CheckpointManager, *, quarantine: bool = False) -> list[int]:
+  """Finished steps, newest first. An empty or unfinished step dir is skipped with a warning
+  and, with `quarantine`, renamed to `<step>.bad-<time>` so a later save of that step can succeed."""
   out = []
+  mgr.reload()
   for step in sorted(mgr.all_steps(), reverse=True):
     path = epath.Path(mgr.directory) / str(step)
-    if (path / _FINAL_MARKER).exists() and (path / "params").exists():
+    if (path / _FINAL_MARKER).exists() and (path / "params").exists() and (path / "meta").exists():
       out.append(step)
-    else:
-      log.warning("skipping checkpoint step dir %s: empty or unfinished", path)
+      continue
+    log.warning("skipping checkpoint dir %s: empty or unfinished", path)
+    if quarantine and path.exists():
+      path.rename(path.parent / f"{step}.bad-{int(time.time())}")
+  if quarantine:
+    mgr.reload()
   return out
+
+
+def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  path = epath.Path(mgr.directory) / str(step) / "meta" / "metadata"
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def save(mgr: ocp.CheckpointManager, state: TrainState, data_iter: Any, meta: dict[str, Any], *,

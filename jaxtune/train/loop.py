@@ -1,7 +1,10 @@
 """The host loop: build everything from a Config, then dispatch steps, log, checkpoint.
 
 The step is dispatched before the previous step's metrics are read back, so the
-host never waits on the device except once per step for a few scalars.
+host waits on the device only for a few scalars one step late. A checkpoint is
+saved only after the step it holds has been checked finite. SIGTERM/SIGINT (and
+a JAX/Orbax preemption notice) finish the current step, save synchronously and
+return normally.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -35,9 +40,14 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 HF_SOURCE = "hf_source"  # RUN_DIR/hf_source: config.json, generation_config.json, tokenizer files
 
+# Config fields that decide which tokens a resumed run sees, in which order.
+DETERMINISM_KEYS = (("data", "train"), ("data", "seq_len"), ("data", "packing"), ("data", "mask"),
+                    ("data", "overlong"), ("data", "chat_template"), ("data", "workers"), ("train", "seed"),
+                    ("train", "batch_size"), ("model", "path"))
+
 
 class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss, a batch with nothing to train on)."""
+  """A run that cannot go on (non-finite loss, a batch with nothing to train on, a changed config)."""
 
 
 @dataclasses.dataclass
@@ -47,9 +57,33 @@ class TrainResult:
   tokenizer: Any
   run_dir: str
   last_metrics: dict[str, Any]
+  stopped_early: bool = False
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state.params, self.state.rest)
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks once per step."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._set)
+    return self
+
+  def _set(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C stops at once
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
 
 
 def _write_run_files(cfg: Config, tokenizer, model_dir: str) -> None:
@@ -65,6 +99,30 @@ def _write_run_files(cfg: Config, tokenizer, model_dir: str) -> None:
     if os.path.exists(os.path.join(model_dir, name)):
       shutil.copyfile(os.path.join(model_dir, name), os.path.join(src, name))
   tokenizer.save_pretrained(src)
+
+
+def _check_resume_config(cfg: Config, saved: dict) -> None:
+  now = json.loads(json.dumps(cfg.to_dict()))
+  changed = []
+  for sec, key in DETERMINISM_KEYS:
+    if sec in saved and key in saved[sec] and saved[sec][key] != now[sec][key]:
+      changed.append(f"{sec}.{key}: {saved[sec][key]!r} -> {now[sec][key]!r}")
+  if changed and not cfg.checkpoint.allow_config_change:
+    raise TrainingError("cannot resume: these changes would break the run's determinism: " + "; ".join(changed)
+                        + ". Use a new run.dir, or set checkpoint.allow_config_change=True.")
+  for c in changed:
+    log.warning("resuming with a changed config: %s", c)
+
+
+def _truncate_metrics(run_dir: str, step: int) -> None:
+  """Drops metrics rows past the resumed step (written by a run killed after its checkpoint)."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(rows)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -88,7 +146,7 @@ def train(cfg: Config) -> TrainResult:
     raise ValueError(f"micro-batch {micro} (train.batch_size / train.grad_accum) is not divisible by "
                      f"mesh.data * mesh.fsdp = {batch_shards}")
 
-  model_dir = resolve_model_dir(cfg.model.path)
+  model_dir = str(resolve_model_dir(cfg.model.path))
   tokenizer = load_tokenizer(model_dir, cfg.data.chat_template)
   pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size // n_proc,
                         seed=cfg.train.seed, shard_index=jax.process_index(), shard_count=n_proc)
@@ -97,7 +155,6 @@ def train(cfg: Config) -> TrainResult:
     print(f"data: {stats['examples']} examples ({stats['loss_tokens']} loss tokens) from {stats['records']} "
           f"records; dropped {stats['dropped']} {stats.get('dropped_by_reason', {})}; "
           f"packing efficiency {stats.get('packing_efficiency', float('nan')):.3f}", flush=True)
-  _write_run_files(cfg, tokenizer, model_dir)
 
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=DTYPES[cfg.model.dtype], param_dtype=DTYPES[cfg.model.param_dtype],
@@ -106,71 +163,99 @@ def train(cfg: Config) -> TrainResult:
     graphdef, state = init_state(model, tx)
     mcfg = model.config
     del model
-    shardings = state_shardings(state)
-    batch_sh = mesh_lib.batch_sharding(mesh)
-    step_fn = jit_train_step(graphdef, tx, schedule, cfg.train.grad_accum, shardings, batch_sh)
+    step_fn = jit_train_step(graphdef, tx, schedule, cfg.train.grad_accum, state_shardings(state),
+                             mesh_lib.batch_sharding(mesh), skip_nonfinite=cfg.train.skip_nonfinite)
 
     mgr = ckpt_lib.make_manager(cfg.run.dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     data_iter = pipe.iterator()
-    done = ckpt_lib.good_steps(mgr)
+    done = ckpt_lib.good_steps(mgr, quarantine=is_main)
     if done:
-      state, meta = ckpt_lib.restore(mgr, done[0], state, data_iter)
+      saved_meta = ckpt_lib.read_meta(mgr, done[0])
+      _check_resume_config(cfg, saved_meta.get("config", {}))
+      state, _ = ckpt_lib.restore(mgr, done[0], state, data_iter)
+      _truncate_metrics(cfg.run.dir, done[0])
       if is_main:
         print(f"resumed from {ckpt_lib.checkpoint_dir(cfg.run.dir)}/{done[0]}", flush=True)
-    meta = {"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__}
+    _write_run_files(cfg, tokenizer, model_dir)
+    fpt = flops_per_token(param_count(state.params), mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
+    try:
+      state, last, stopped = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt)
+    finally:
+      mgr.close()
+  if is_main:
+    print(f"{'stopped' if stopped else 'trained'} at step {int(jax.device_get(state.step))} after "
+          f"{time.perf_counter() - t_start:.1f}s; checkpoints in {ckpt_lib.checkpoint_dir(cfg.run.dir)}", flush=True)
+  return TrainResult(graphdef=graphdef, state=state, tokenizer=tokenizer, run_dir=cfg.run.dir, last_metrics=last,
+                     stopped_early=stopped)
 
-    n_params = param_count(state.params)
-    fpt = flops_per_token(n_params, mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
-    writer = MetricsWriter(cfg.run.dir)
-    start = int(jax.device_get(state.step))
-    total = cfg.train.steps
-    bar = tqdm(total=total, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
-    last: dict[str, Any] = {}
-    timer = {"t": time.perf_counter(), "tokens": 0}
 
-    def handle(step: int, metrics) -> None:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(m["loss"]):
-        raise TrainingError(f"step {step}: loss is {m['loss']}; stopping (the last good checkpoint is kept "
-                            f"under {ckpt_lib.checkpoint_dir(cfg.run.dir)})")
-      if m["loss_tokens"] == 0:
-        raise TrainingError(f"step {step}: the batch has no trained token (all-zero loss mask)")
-      now = time.perf_counter()
-      timer["tokens"] += m["tokens"]
-      if step == start + 1 and is_main:
-        tqdm.write(f"first step (compile + run) took {now - timer['t']:.1f}s; loss {m['loss']:.4f}")
-      if step % cfg.train.log_every == 0 or step == total or step == start + 1:
-        tps = timer["tokens"] / max(now - timer["t"], 1e-9)
-        row = {"step": step, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
-               "tokens_per_s": tps, "mfu": mfu(tps, fpt), "loss_tokens": int(m["loss_tokens"])}
-        writer.write(row)
-        last.update(row)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tps:,.0f}")
-        timer["t"], timer["tokens"] = now, 0
-      bar.update(1)
+def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fpt: float):
+  """Steps from state.step to train.steps; returns (state, last logged row, stopped early)."""
+  is_main = jax.process_index() == 0
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  meta = {"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__}
+  start, total = int(jax.device_get(state.step)), cfg.train.steps
+  writer = MetricsWriter(cfg.run.dir)
+  bar = tqdm(total=total, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+  last: dict[str, Any] = {}
+  timer = {"t": time.perf_counter(), "tokens": 0.0, "skipped": 0}
 
-    pending = None
+  def handle(step: int, metrics) -> None:
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (math.isfinite(m["loss"]) and m["finite"]):
+      if not cfg.train.skip_nonfinite:
+        raise TrainingError(f"step {step}: loss is {m['loss']} (grad norm {m['grad_norm']}); stopping. "
+                            f"The last good checkpoint is kept under {ckpt_lib.checkpoint_dir(cfg.run.dir)}")
+      timer["skipped"] += 1
+      log.warning("step %d: non-finite loss %s; update skipped (train.skip_nonfinite)", step, m["loss"])
+    if m["loss_tokens"] == 0:
+      raise TrainingError(f"step {step}: the batch has no trained token (all-zero loss mask)")
+    now = time.perf_counter()
+    timer["tokens"] += m["tokens"]
+    if step == start + 1 and is_main:
+      tqdm.write(f"first step (compile + run) took {now - timer['t']:.1f}s; loss {m['loss']:.4f}")
+    if step % cfg.train.log_every == 0 or step == total or step == start + 1:
+      tps = timer["tokens"] / max(now - timer["t"], 1e-9)
+      row = {"step": step, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
+             "tokens_per_s": tps, "mfu": mfu(tps, fpt), "loss_tokens": int(m["loss_tokens"])}
+      if timer["skipped"]:
+        row["skipped_nonfinite"] = timer["skipped"]
+      writer.write(row)
+      last.update(row)
+      bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tps:,.0f}")
+      timer["t"], timer["tokens"] = now, 0.0
+    bar.update(1)
+
+  pending, stopped, saved_at = None, False, start
+  with _StopSignal() as stop:
     try:
       for step in range(start, total):
-        batch = _global_batch(next(data_iter), batch_sh)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, _global_batch(next(data_iter), batch_sh))
         if pending is not None:
           handle(*pending)
         pending = (step + 1, metrics)
-        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < total:
-          handle(*pending)
+        periodic = cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0
+        preempted = stop.signum is not None or mgr.reached_preemption(step + 1)
+        if periodic or preempted:
+          handle(*pending)  # never save a state whose step was not checked finite
           pending = None
+          if preempted:
+            break
           ckpt_lib.save(mgr, state, data_iter, meta)
+          saved_at = step + 1
       if pending is not None:
         handle(*pending)
-      if total > start or not done:
+      step_now = int(jax.device_get(state.step))
+      if step_now < total:
+        stopped = True
+        why = signal.Signals(stop.signum).name if stop.signum is not None else "a preemption notice"
+        if is_main:
+          tqdm.write(f"{why} received: saving step {step_now} and exiting")
+      if step_now > saved_at or not ckpt_lib.good_steps(mgr):
+        mgr.wait_until_finished()
         ckpt_lib.save(mgr, state, data_iter, meta, force=True)
       mgr.wait_until_finished()
     finally:
       bar.close()
       writer.close()
-      mgr.close()
-  if is_main:
-    print(f"trained {total - start} steps in {time.perf_counter() - t_start:.1f}s; "
-          f"checkpoints in {ckpt_lib.checkpoint_dir(cfg.run.dir)}", flush=True)
-  return TrainResult(graphdef=graphdef, state=state, tokenizer=tokenizer, run_dir=cfg.run.dir, last_metrics=last)
+  return state, last, stopped

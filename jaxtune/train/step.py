@@ -34,7 +34,7 @@ def _loss_and_grad(graphdef, params, rest, micro: Batch, n_total: jax.Array):
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum: int = 1, skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   n_total = loss_lib.count_loss_tokens(batch)
   denom = jnp.maximum(n_total, 1.0)
   if grad_accum == 1:
@@ -50,14 +50,20 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (loss_sum, n, grads), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(()), zeros), micro_KxB)
 
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:  # keep the previous params and moments; the step counter still advances
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
   metrics = {
       "loss": loss_sum / denom,
       "loss_tokens": n,
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "lr": schedule(state.step),
       "tokens": (batch["segment_ids"] > 0).sum(),
+      "finite": finite,
   }
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
@@ -70,9 +76,11 @@ def eval_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef) -> dic
   return {"loss_sum": s, "loss_tokens": n}
 
 
-def jit_train_step(graphdef, tx, schedule, grad_accum: int, state_shardings, batch_sharding) -> Callable:
+def jit_train_step(graphdef, tx, schedule, grad_accum: int, state_shardings, batch_sharding, *,
+                   skip_nonfinite: bool = False) -> Callable:
   """`train_step` jitted with shardings and the state donated."""
-  fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, grad_accum=grad_accum)
+  fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, grad_accum=grad_accum,
+                         skip_nonfinite=skip_nonfinite)
   return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
