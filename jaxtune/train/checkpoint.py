@@ -32,7 +32,13 @@ def checkpoint_dir(run_dir: str) -> str:
 def make_manager(run_dir: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, enable_async_checkpointing=async_save,
                                          create=True)
-  return ocp.CheckpointManager(epath.Path(checkpoint_dir(run_dir)), options=options)
+  # No zstd: float weights barely compress, and compressing a few GB on the host would compete
+  # with the train step for CPU while an async save is writing.
+  arrays = lambda: ocp.PyTreeCheckpointHandler(use_compression=False)
+  return ocp.CheckpointManager(epath.Path(checkpoint_dir(run_dir)), options=options,
+                               item_handlers={"params": arrays(), "opt_state": arrays(),
+                                              "meta": ocp.JsonCheckpointHandler(),
+                                              "data_iter": grain.checkpoint.CheckpointHandler()})
 
 
 def good_steps(mgr: ocp.CheckpointManager, *, quarantine: bool = False) -> list[int]:
@@ -61,8 +67,8 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 def save(mgr: ocp.CheckpointManager, state: TrainState, data_iter: Any, meta: dict[str, Any], *,
          force: bool = False) -> bool:
   step = int(jax.device_get(state.step))
-  items = dict(params=ocp.args.StandardSave(state.params),
-               opt_state=ocp.args.StandardSave(state.opt_state),
+  items = dict(params=ocp.args.PyTreeSave(state.params),
+               opt_state=ocp.args.PyTreeSave(state.opt_state),
                meta=ocp.args.JsonSave({**meta, "step": step}))
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -73,10 +79,16 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _restore_arrays(abstract_tree) -> ocp.args.PyTreeRestore:
+  """Restores onto the shapes, dtypes and shardings of `abstract_tree` (any mesh)."""
+  return ocp.args.PyTreeRestore(item=abstract_tree,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree))
+
+
 def restore(mgr: ocp.CheckpointManager, step: int, state: TrainState, data_iter: Any) -> tuple[TrainState, dict]:
   """Restores `step` onto the shardings of `state` (which may live on another mesh)."""
-  items = dict(params=ocp.args.StandardRestore(_abstract(state.params)),
-               opt_state=ocp.args.StandardRestore(_abstract(state.opt_state)),
+  items = dict(params=_restore_arrays(_abstract(state.params)),
+               opt_state=_restore_arrays(_abstract(state.opt_state)),
                meta=ocp.args.JsonRestore())
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -97,7 +109,7 @@ def restore_params(run_dir: str, abstract_params: Any, step: int | None = None) 
     step = steps[0]
   elif step not in steps:
     raise FileNotFoundError(f"step {step} is not a finished checkpoint of {run_dir}; have {sorted(steps)}")
-  r = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
+  r = mgr.restore(step, args=ocp.args.Composite(params=_restore_arrays(abstract_params),
                                                 meta=ocp.args.JsonRestore()))
   mgr.close()
   return r.params, r.meta, step
