@@ -19,7 +19,7 @@ def _load_config(argv: list[str]):
 
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "an ml-collections config file (configs/*.py)",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=["jaxtune"] + argv)
   try:
     fv(["jaxtune"] + argv)
   except AttributeError as e:  # a typo'd key under --config.

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 @flax.struct.dataclass
@@ -33,8 +34,17 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
 def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
   """Splits a (possibly sharded) model and creates the optimizer state beside its params."""
   graphdef, params, rest = split_model(model)
-  opt_state = jax.jit(tx.init)(params)
+  opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params))(params)
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rest=rest)
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params: nnx.State):
+  """Moments placed exactly like the params they track; scalars (counts) replicated."""
+  param_sh = jax.tree.map(lambda x: x.sharding, params)
+  first = jax.tree.leaves(param_sh)[0]
+  replicated = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
+  return optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, params), param_sh,
+                               transform_non_params=lambda _: replicated)
 
 
 def state_shardings(state: TrainState) -> TrainState:
