@@ -166,6 +166,7 @@ class TrainCfg:
     _check(self.batch_size % self.grad_accum == 0, "train.batch_size",
            f"{self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
     _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +244,10 @@ class Config:
                  "optim": OptimCfg, "mesh": MeshCfg, "checkpoint": CheckpointCfg,
                  "run": RunCfg, "demo": DemoCfg}[f.name]
       parts[f.name] = _build(sub_cls, f.name, dict(d.get(f.name, {})))
-    return cls(**parts)
+    cfg = cls(**parts)
+    _check(cfg.train.eval_every == 0 or bool(cfg.data.eval), "train.eval_every",
+           "is set but data.eval has no sources")
+    return cfg
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

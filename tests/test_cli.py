@@ -29,10 +29,14 @@ def test_train_resume_export_reload(setup):
   tmp, model_dir, data = setup
   run = str(tmp / "run")
   cfg = f"--config=configs/tiny.py:{model_dir},{data}"
-  p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=6", "--config.checkpoint.every=3")
-  assert "dropped 2" in p.stdout or "malformed" in p.stdout, p.stdout
+  p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=6", "--config.checkpoint.every=3",
+              "--config.train.eval_every=3", f"--config.data.eval=('{data}',)")
+  assert "dropped 2" in p.stdout, p.stdout
   rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
   assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(rows[-1])
+  evals = [r for r in rows if "eval_loss" in r]
+  assert [r["step"] for r in evals] == [3, 6] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tensorboard")))
   assert rows[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in rows)
   assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
 

@@ -125,8 +125,10 @@ def _truncate_metrics(run_dir: str, step: int) -> None:
     f.writelines(rows)
 
 
-def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+def global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """The global batch (the same numpy rows on every process) -> sharded arrays; each process
+  copies only the slices its own devices hold."""
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
 
 
 def train(cfg: Config) -> TrainResult:
@@ -134,12 +136,12 @@ def train(cfg: Config) -> TrainResult:
   from jaxtune.data.pipeline import build_pipeline
   from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
 
+  if cfg.lora.rank > 0:
+    raise TrainingError("lora.rank > 0: LoRA training is not implemented yet; refusing to run a full "
+                        "fine-tune instead. Set lora.rank=0.")
   t_start = time.perf_counter()
   is_main = jax.process_index() == 0
   mesh = mesh_lib.mesh_from_cfg(cfg.mesh)
-  n_proc = jax.process_count()
-  if cfg.train.batch_size % n_proc:
-    raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by {n_proc} processes")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = cfg.train.batch_size // cfg.train.grad_accum
   if micro % batch_shards:
@@ -148,8 +150,10 @@ def train(cfg: Config) -> TrainResult:
 
   model_dir = str(resolve_model_dir(cfg.model.path))
   tokenizer = load_tokenizer(model_dir, cfg.data.chat_template)
-  pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size // n_proc,
-                        seed=cfg.train.seed, shard_index=jax.process_index(), shard_count=n_proc)
+  # Every process reads the same global batches and feeds only its own rows to its devices: the
+  # batches depend on (data, seed, batch size) alone, never on the number of hosts or devices, so a
+  # run is the same on any topology and may resume on another one.
+  pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
   stats = pipe.stats.to_dict()
   if is_main:
     print(f"data: {stats['examples']} examples ({stats['loss_tokens']} loss tokens) from {stats['records']} "
@@ -177,9 +181,15 @@ def train(cfg: Config) -> TrainResult:
       if is_main:
         print(f"resumed from {ckpt_lib.checkpoint_dir(cfg.run.dir)}/{done[0]}", flush=True)
     _write_run_files(cfg, tokenizer, model_dir)
+    evaluate = None
+    if cfg.train.eval_every > 0:
+      from jaxtune.train.evaluate import make_evaluator
+      eval_pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                                 split="eval")
+      evaluate = make_evaluator(eval_pipe, graphdef, state_shardings(state), mesh_lib.batch_sharding(mesh))
     fpt = flops_per_token(param_count(state.params), mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
     try:
-      state, last, stopped = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt)
+      state, last, stopped = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt, evaluate)
     finally:
       mgr.close()
   if is_main:
@@ -189,7 +199,7 @@ def train(cfg: Config) -> TrainResult:
                      stopped_early=stopped)
 
 
-def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fpt: float):
+def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fpt: float, evaluate=None):
   """Steps from state.step to train.steps; returns (state, last logged row, stopped early)."""
   is_main = jax.process_index() == 0
   batch_sh = mesh_lib.batch_sharding(mesh)
@@ -200,7 +210,7 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
   last: dict[str, Any] = {}
   timer = {"t": time.perf_counter(), "tokens": 0.0, "skipped": 0}
 
-  def handle(step: int, metrics) -> None:
+  def handle(step: int, metrics, extra: dict | None = None) -> None:
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not (math.isfinite(m["loss"]) and m["finite"]):
       if not cfg.train.skip_nonfinite:
@@ -214,12 +224,13 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
     timer["tokens"] += m["tokens"]
     if step == start + 1 and is_main:
       tqdm.write(f"first step (compile + run) took {now - timer['t']:.1f}s; loss {m['loss']:.4f}")
-    if step % cfg.train.log_every == 0 or step == total or step == start + 1:
+    if step % cfg.train.log_every == 0 or step == total or step == start + 1 or extra:
       tps = timer["tokens"] / max(now - timer["t"], 1e-9)
       row = {"step": step, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
              "tokens_per_s": tps, "mfu": mfu(tps, fpt), "loss_tokens": int(m["loss_tokens"])}
       if timer["skipped"]:
         row["skipped_nonfinite"] = timer["skipped"]
+      row.update(extra or {})
       writer.write(row)
       last.update(row)
       bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tps:,.0f}")
@@ -230,17 +241,24 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
   with _StopSignal() as stop:
     try:
       for step in range(start, total):
-        state, metrics = step_fn(state, _global_batch(next(data_iter), batch_sh))
+        state, metrics = step_fn(state, global_batch(next(data_iter), batch_sh))
         if pending is not None:
           handle(*pending)
         pending = (step + 1, metrics)
+        if evaluate is not None and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == total):
+          t_eval = time.perf_counter()
+          result = evaluate(state)
+          timer["t"] += time.perf_counter() - t_eval  # eval time is not training throughput
+          handle(*pending, result)
+          pending = None
         periodic = cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0
         preempted = stop.signum is not None or mgr.reached_preemption(step + 1)
-        if periodic or preempted:
+        if (periodic or preempted) and pending is not None:
           handle(*pending)  # never save a state whose step was not checked finite
           pending = None
-          if preempted:
-            break
+        if preempted:
+          break
+        if periodic:
           ckpt_lib.save(mgr, state, data_iter, meta)
           saved_at = step + 1
       if pending is not None:

@@ -47,19 +47,31 @@ def mfu(tokens_per_s: float, fpt: float) -> float | None:
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to RUN_DIR/metrics.jsonl (process 0 only)."""
+  """One JSON object per logged step in RUN_DIR/metrics.jsonl, and the same scalars as
+  TensorBoard events in RUN_DIR/tensorboard/ (process 0 only)."""
 
   def __init__(self, run_dir: str):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(run_dir, "metrics.jsonl")
     self._f = open(self.path, "a", encoding="utf-8") if self.enabled else None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
   def write(self, row: dict[str, Any]) -> None:
-    if self._f is not None:
-      self._f.write(json.dumps(row) + "\n")
-      self._f.flush()
+    if self._f is None:
+      return
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+    step = int(row["step"])
+    for k, v in row.items():
+      if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+        self._tb.add_scalar(f"train/{k}" if not k.startswith("eval") else f"eval/{k}", v, step)
+    self._tb.flush()
 
   def close(self) -> None:
     if self._f is not None:
       self._f.close()
-      self._f = None
+      self._tb.close()
+      self._f = self._tb = None

@@ -1,0 +1,53 @@
+"""Two `jax.distributed` processes on 127.0.0.1 train exactly like one process with the same devices."""
+
+import os
+import socket
+import subprocess
+
+import numpy as np
+
+from tests.helpers import cli
+from tests.helpers.hf_models import make_tiny_hf
+from tests.helpers.tokenizers import make_tokenizer
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+  _, tok = make_tokenizer(str(tmp_path), template="chatml")
+  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
+  tok.save_pretrained(model_dir)
+  data = tmp_path / "chat.jsonl"
+  data.write_text("\n".join(cli.chat_records(64)) + "\n")
+
+  def argv(run):
+    return cli.cli_cmd("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}",
+                       "--config.train.steps=4", "--config.train.batch_size=8", "--config.train.log_every=1",
+                       "--config.mesh.data=-1", "--config.checkpoint.every=0")
+
+  def env(devices, **extra):
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                **extra)
+
+  one = str(tmp_path / "one")
+  p = subprocess.run(argv(one), cwd=cli.ROOT, env=env(8), capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+
+  two = str(tmp_path / "two")
+  port = free_port()
+  procs = [subprocess.Popen(argv(two), cwd=cli.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                    JAX_PROCESS_ID=str(i)))
+           for i in range(2)]
+  outs = [pr.communicate(timeout=300)[0] for pr in procs]
+  assert [pr.returncode for pr in procs] == [0, 0], "\n".join(outs)
+
+  a, b = cli.metrics(one), cli.metrics(two)
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]  # process 0 alone writes metrics
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+  np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-5)
+  assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["4"]
