@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.eval_every = 0
   c.train.log_every = 10
+  c.train.loss_chunk = 0  # >0: cross-entropy over this many positions at a time (no full [B,T,V] logits)
   c.train.skip_nonfinite = False  # skip an update with a non-finite loss/grad instead of stopping
 
   c.optim = ml_collections.ConfigDict()
@@ -159,6 +160,7 @@ class TrainCfg:
   eval_every: int = 0
   log_every: int = 10
   skip_nonfinite: bool = False
+  loss_chunk: int = 0
 
   def __post_init__(self):
     _check(self.steps >= 1, "train.steps", "must be >= 1")

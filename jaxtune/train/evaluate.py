@@ -9,7 +9,7 @@ import jax
 from jaxtune.train.step import jit_eval_step
 
 
-def make_evaluator(pipe, graphdef, state_shardings, batch_sharding) -> Callable:
+def make_evaluator(pipe, graphdef, state_shardings, batch_sharding, loss_chunk: int = 0) -> Callable:
   """`evaluate(state) -> {"eval_loss", "eval_tokens"}` over all of `pipe`'s examples.
 
   `pipe` holds the whole eval set on every process (global batches); each process
@@ -18,7 +18,7 @@ def make_evaluator(pipe, graphdef, state_shardings, batch_sharding) -> Callable:
   from jaxtune.train.loop import global_batch
 
   batches = [global_batch(b, batch_sharding) for b in pipe.one_pass()]
-  step = jit_eval_step(graphdef, state_shardings, batch_sharding)
+  step = jit_eval_step(graphdef, state_shardings, batch_sharding, loss_chunk)
 
   def evaluate(state) -> dict[str, float]:
     total, count = 0.0, 0.0

@@ -168,7 +168,8 @@ def train(cfg: Config) -> TrainResult:
     mcfg = model.config
     del model
     step_fn = jit_train_step(graphdef, tx, schedule, cfg.train.grad_accum, state_shardings(state),
-                             mesh_lib.batch_sharding(mesh), skip_nonfinite=cfg.train.skip_nonfinite)
+                             mesh_lib.batch_sharding(mesh), skip_nonfinite=cfg.train.skip_nonfinite,
+                             loss_chunk=cfg.train.loss_chunk)
 
     mgr = ckpt_lib.make_manager(cfg.run.dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     data_iter = pipe.iterator()
@@ -186,7 +187,8 @@ def train(cfg: Config) -> TrainResult:
       from jaxtune.train.evaluate import make_evaluator
       eval_pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                  split="eval")
-      evaluate = make_evaluator(eval_pipe, graphdef, state_shardings(state), mesh_lib.batch_sharding(mesh))
+      evaluate = make_evaluator(eval_pipe, graphdef, state_shardings(state), mesh_lib.batch_sharding(mesh),
+                                loss_chunk=cfg.train.loss_chunk)
     fpt = flops_per_token(param_count(state.params), mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
     try:
       state, last, stopped = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt, evaluate)

@@ -35,3 +35,39 @@ def masked_xent(logits_BxTxV: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
   w_BxTm1 = target_weights(batch)
   nll_BxTm1 = -token_logprobs(logits_BxTxV, batch["input_ids"])
   return (nll_BxTm1 * w_BxTm1).sum(), w_BxTm1.sum()
+
+
+def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """`masked_xent` without ever holding full-vocabulary logits: the output projection and
+  cross-entropy run over `chunk` positions at a time in a scan, and are recomputed in the
+  backward pass, so peak memory holds [B, chunk, V] float32 logits instead of [B, T, V]."""
+  ids_BxT = batch["input_ids"]
+  h_BxTxD = model.hidden_states(ids_BxT, positions=batch["positions"], segment_ids=batch["segment_ids"])
+  w_BxTm1 = target_weights(batch)
+  h_BxTm1xD, y_BxTm1 = h_BxTxD[:, :-1], ids_BxT[:, 1:]
+  b, t1 = y_BxTm1.shape
+  n = -(-t1 // chunk)
+  pad = n * chunk - t1
+
+  def chunks(x):  # [B, T-1, ...] -> [n, B, chunk, ...]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.swapaxes(x.reshape((b, n, chunk) + x.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def chunk_nll(h_BxCxD, y_BxC, w_BxC):
+    logits = model.logits_from_hidden(h_BxCxD).astype(jnp.float32)
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y_BxC) * w_BxC).sum()
+
+  def body(total, xs):
+    return total + chunk_nll(*xs), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (chunks(h_BxTm1xD), chunks(y_BxTm1), chunks(w_BxTm1)))
+  return total, w_BxTm1.sum()
+
+
+def model_xent(model, batch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+  """(loss sum, loss-token count) of `model` on `batch`; chunked over the sequence when chunk > 0."""
+  if chunk and chunk < batch["input_ids"].shape[1] - 1:
+    return chunked_masked_xent(model, batch, chunk)
+  logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+  return masked_xent(logits, batch)

@@ -21,11 +21,9 @@ from jaxtune.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def _loss_and_grad(graphdef, params, rest, micro: Batch, n_total: jax.Array):
+def _loss_and_grad(graphdef, params, rest, micro: Batch, n_total: jax.Array, loss_chunk: int = 0):
   def loss_fn(p):
-    model = nnx.merge(graphdef, p, rest)
-    logits = model(micro["input_ids"], positions=micro["positions"], segment_ids=micro["segment_ids"])
-    s, n = loss_lib.masked_xent(logits, micro)
+    s, n = loss_lib.model_xent(nnx.merge(graphdef, p, rest), micro, loss_chunk)
     return s / n_total, (s, n)
 
   (_, (s, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -34,17 +32,18 @@ def _loss_and_grad(graphdef, params, rest, micro: Batch, n_total: jax.Array):
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum: int = 1, skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum: int = 1, skip_nonfinite: bool = False,
+               loss_chunk: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   n_total = loss_lib.count_loss_tokens(batch)
   denom = jnp.maximum(n_total, 1.0)
   if grad_accum == 1:
-    loss_sum, n, grads = _loss_and_grad(graphdef, state.params, state.rest, batch, denom)
+    loss_sum, n, grads = _loss_and_grad(graphdef, state.params, state.rest, batch, denom, loss_chunk)
   else:
     micro_KxB = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
 
     def body(carry, micro):
       s_acc, n_acc, g_acc = carry
-      s, n, g = _loss_and_grad(graphdef, state.params, state.rest, micro, denom)
+      s, n, g = _loss_and_grad(graphdef, state.params, state.rest, micro, denom, loss_chunk)
       return (s_acc + s, n_acc + n, jax.tree.map(jnp.add, g_acc, g)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -69,22 +68,20 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
-  model = nnx.merge(graphdef, state.params, state.rest)
-  logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-  s, n = loss_lib.masked_xent(logits, batch)
+def eval_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef, loss_chunk: int = 0) -> dict[str, jax.Array]:
+  s, n = loss_lib.model_xent(nnx.merge(graphdef, state.params, state.rest), batch, loss_chunk)
   return {"loss_sum": s, "loss_tokens": n}
 
 
 def jit_train_step(graphdef, tx, schedule, grad_accum: int, state_shardings, batch_sharding, *,
-                   skip_nonfinite: bool = False) -> Callable:
+                   skip_nonfinite: bool = False, loss_chunk: int = 0) -> Callable:
   """`train_step` jitted with shardings and the state donated."""
   fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, grad_accum=grad_accum,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, loss_chunk=loss_chunk)
   return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-def jit_eval_step(graphdef, state_shardings, batch_sharding) -> Callable:
-  fn = functools.partial(eval_step, graphdef=graphdef)
+def jit_eval_step(graphdef, state_shardings, batch_sharding, loss_chunk: int = 0) -> Callable:
+  fn = functools.partial(eval_step, graphdef=graphdef, loss_chunk=loss_chunk)
   return jax.jit(fn, in_shardings=(state_shardings, batch_sharding))
