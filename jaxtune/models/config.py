@@ -98,13 +98,16 @@ class ModelConfig:
     if self.layer_types is None:
       object.__setattr__(self, "layer_types", (FULL,) * self.num_layers)
     object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    if self.rope_local == self.rope:  # one canonical form: None means "same as rope"
+      object.__setattr__(self, "rope_local", None)
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     from jaxtune.models.registry import FAMILIES
     errors = []
     if self.family not in FAMILIES:
       errors.append(f"family {self.family!r} not in {sorted(FAMILIES)}")
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+    for name in sizes:
       if getattr(self, name) < 1:
         errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads:
@@ -124,8 +127,22 @@ class ModelConfig:
     for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar"):
       if getattr(self, name) is not None and getattr(self, name) <= 0:
         errors.append(f"{name} must be > 0 or None, got {getattr(self, name)}")
+    if self.family in FAMILIES:
+      fam = FAMILIES[self.family]
+      errors += [f"{self.family} needs {k}={v!r}, got {getattr(self, k)!r}" for k, v in fam.FLAGS.items()
+                 if getattr(self, k) != v]
+      errors += getattr(fam, "check", lambda c: [])(self)
     if errors:
       raise ValueError("invalid ModelConfig: " + "; ".join(errors))
+
+  @classmethod
+  def for_family(cls, family: str, **fields: Any) -> "ModelConfig":
+    """A config with the flags `family` fixes (and its usual defaults) filled in."""
+    from jaxtune.models.registry import FAMILIES
+    if family not in FAMILIES:
+      raise ValueError(f"family {family!r} not in {sorted(FAMILIES)}")
+    fam = FAMILIES[family]
+    return cls(family=family, **{**getattr(fam, "DEFAULTS", {}), **fam.FLAGS, **fields})
 
   # -- per-layer views ------------------------------------------------------
   def is_sliding(self, layer: int) -> bool:

@@ -6,6 +6,10 @@ from jaxtune.models.config import RopeConfig, activation_from_hf, activation_to_
 NAME = "gemma2"
 MODEL_TYPE = "gemma2"
 ARCHITECTURE = "Gemma2ForCausalLM"
+# Flags this family fixes (checked by ModelConfig, filled by ModelConfig.for_family).
+FLAGS = dict(qk_norm=False, norm_plus_one=True, sandwich_norm=True, scale_embeddings=True, mlp_bias=False,
+             rope_local=None)
+DEFAULTS = dict(hidden_act="gelu_tanh", tie_word_embeddings=True)
 
 
 def gemma_from_hf(h) -> dict:
@@ -21,8 +25,10 @@ def gemma_from_hf(h) -> dict:
 
 
 def gemma_to_hf(c) -> dict:
+  scalar = c.query_pre_attn_scalar or c.head_dim  # transformers wants an int here
+  scalar = int(scalar) if float(scalar).is_integer() else scalar
   return dict(hidden_activation=activation_to_hf(c.hidden_act), attention_bias=c.qkv_bias,
-              query_pre_attn_scalar=c.query_pre_attn_scalar, sliding_window=c.sliding_window,
+              query_pre_attn_scalar=scalar, sliding_window=c.sliding_window,
               layer_types=list(c.layer_types), attn_logit_softcapping=c.attn_logit_softcap,
               final_logit_softcapping=c.final_logit_softcap)
 

@@ -37,7 +37,7 @@ class Linear(nnx.Module):
   def __call__(self, x_BTI: jax.Array) -> jax.Array:
     y_BTO = jnp.einsum("...i,io->...o", x_BTI.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
-      y_BTO = y_BTO + self.bias[...].astype(self.dtype)
+      y_BTO = y_BTO + self.bias[...].astype(self.dtype).reshape((1,) * (y_BTO.ndim - 1) + (-1,))
     return y_BTO
 
 
@@ -73,7 +73,7 @@ class RMSNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    w = self.weight[...]
+    w = self.weight[...].reshape((1,) * (x.ndim - 1) + (-1,))
     if self.plus_one:
       return (normed * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w.astype(x.dtype) * normed.astype(x.dtype)
@@ -100,7 +100,7 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
 
 def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq_F: np.ndarray) -> jax.Array:
   """x * cos + rotate_half(x) * sin, angles in float32, cos/sin cast to x.dtype."""
-  freqs_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_F)
+  freqs_BTF = positions_BT.astype(jnp.float32)[:, :, None] * jnp.asarray(inv_freq_F)[None, None, :]
   emb_BTH = jnp.concatenate([freqs_BTF, freqs_BTF], axis=-1)
   cos_BT1H = jnp.cos(emb_BTH).astype(x_BTNH.dtype)[:, :, None, :]
   sin_BT1H = jnp.sin(emb_BTH).astype(x_BTNH.dtype)[:, :, None, :]

@@ -1,21 +1,24 @@
 """Qwen3 (Qwen3ForCausalLM): Llama layout with per-head q/k RMSNorm (over head_dim)."""
 
-from jaxtune.models.config import SLIDING, RopeConfig, activation_from_hf, activation_to_hf, common_from_hf
+from jaxtune.models.llama import FLAGS as LLAMA_FLAGS, llama_like_from_hf, llama_like_to_hf
+from jaxtune.models.qwen2 import sliding_to_hf
 
 NAME = "qwen3"
 MODEL_TYPE = "qwen3"
 ARCHITECTURE = "Qwen3ForCausalLM"
+# Flags this family fixes (checked by ModelConfig, filled by ModelConfig.for_family).
+FLAGS = dict(LLAMA_FLAGS, qk_norm=True, mlp_bias=False)
 
 
 def from_hf(h) -> dict:
   bias = bool(getattr(h, "attention_bias", False))
-  return dict(common_from_hf(h), rope=RopeConfig.from_hf(h.rope_parameters), hidden_act=activation_from_hf(h.hidden_act),
-              qkv_bias=bias, o_bias=bias, qk_norm=True, sliding_window=h.sliding_window,
+  return dict(llama_like_from_hf(h), qkv_bias=bias, o_bias=bias, qk_norm=True, sliding_window=h.sliding_window,
               layer_types=tuple(h.layer_types))
 
 
+def check(c) -> list[str]:
+  return [] if c.qkv_bias == c.o_bias else ["attention_bias covers q, k, v and o alike: qkv_bias must equal o_bias"]
+
+
 def to_hf(c) -> dict:
-  sliding = SLIDING in c.layer_types
-  return dict(rope_parameters=c.rope.to_hf(), hidden_act=activation_to_hf(c.hidden_act), attention_bias=c.qkv_bias,
-              use_sliding_window=sliding, sliding_window=c.sliding_window if sliding else None,
-              layer_types=list(c.layer_types))
+  return dict(llama_like_to_hf(c), attention_bias=c.qkv_bias, **sliding_to_hf(c))

@@ -91,13 +91,17 @@ class CausalLM(nnx.Module):
     self.model = Decoder(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
     self.lm_head = None if cfg.tie_word_embeddings else Linear(
         cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    # Stored as JSON text so the graph definition stays hashable.
-    self._hf_config_json = None if hf_config is None else json.dumps(hf_config, sort_keys=True)
+    self._hf_config_json = None  # JSON text, so that the graph definition stays hashable
+    self.hf_config = hf_config
 
   @property
   def hf_config(self) -> dict[str, Any] | None:
     """The source config.json (as loaded), or None for a model built from scratch."""
     return None if self._hf_config_json is None else json.loads(self._hf_config_json)
+
+  @hf_config.setter
+  def hf_config(self, value: dict[str, Any] | None) -> None:
+    self._hf_config_json = None if value is None else json.dumps(value, sort_keys=True)
 
   def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
                     segment_ids: jax.Array | None = None) -> jax.Array:

@@ -1,0 +1,156 @@
+"""Load an HF safetensors checkpoint straight into (sharded) NNX parameters.
+
+The model is built abstractly (`nnx.eval_shape`), then each parameter is read
+from its safetensors file one tensor at a time, shape-checked, transformed
+(kernels transposed) and placed into its sharding with
+`jax.make_array_from_callback`, which reads only the slices this process's
+devices hold. Host memory stays bounded by one tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, Sharding, SingleDeviceSharding
+from safetensors import safe_open
+
+from jaxtune.mesh import sharding_for, variable_axes
+from jaxtune.models import CausalLM, ModelConfig, build_model
+from jaxtune.weights import tables
+
+HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not fit the model: names the tensor and the shapes."""
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+  """A local directory as is; otherwise an HF hub id fetched with snapshot_download."""
+  p = Path(path).expanduser()
+  if p.is_dir():
+    return p
+  s = str(path)
+  if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1:
+    raise FileNotFoundError(f"model path {s!r} is not a directory")
+  from huggingface_hub import snapshot_download
+  try:
+    return Path(snapshot_download(s, allow_patterns=HUB_PATTERNS))
+  except Exception as e:  # noqa: BLE001 - re-raised with the id that failed
+    raise FileNotFoundError(f"{s!r} is not a local directory and could not be fetched from the hub: {e}") from e
+
+
+def weight_map(d: Path) -> dict[str, Path]:
+  """HF tensor name -> safetensors file, from the index or the single file."""
+  index = d / "model.safetensors.index.json"
+  if index.exists():
+    wm = json.loads(index.read_text())["weight_map"]
+    return {k: d / f for k, f in wm.items()}
+  single = d / "model.safetensors"
+  if single.exists():
+    with safe_open(single, framework="numpy") as f:
+      return {k: single for k in f.keys()}
+  pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
+  if pickles:
+    raise CheckpointError(
+        f"{d} holds only pickle checkpoints ({', '.join(pickles[:4])}); pickle checkpoints are not loaded "
+        "because unpickling can run arbitrary code. Convert them to safetensors first (e.g. load with "
+        "transformers and call save_pretrained(dir, safe_serialization=True)).")
+  raise FileNotFoundError(f"{d} has no model.safetensors or model.safetensors.index.json")
+
+
+def check_keys(expected: set[str], available: set[str], *, tied: bool) -> None:
+  missing = sorted(expected - available)
+  unexpected = sorted(k for k in available - expected
+                      if not tables.is_ignored(k) and not (tied and k == tables.TIED_HEAD_KEY))
+  if missing or unexpected:
+    parts = []
+    if missing:
+      parts.append(f"missing tensors: {missing[:10]}" + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
+    if unexpected:
+      parts.append(f"unexpected tensors: {unexpected[:10]}"
+                   + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+    raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
+
+
+def read_sharded(slice_obj: Any, transform: tables.Transform, shape: tuple[int, ...], sharding: Sharding,
+                 dtype: Any) -> jax.Array:
+  """A global array of `shape` whose addressable shards are read slice by slice."""
+  cache: dict[tuple, np.ndarray] = {}  # shards replicated over several local devices are read once
+
+  def cb(index: tuple[slice, ...]) -> np.ndarray:
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in cache:
+      hf_index = transform.hf_index(index) if index else ()
+      part = slice_obj[hf_index] if hf_index else slice_obj[:]
+      cache[key] = np.ascontiguousarray(transform.to_flax(np.asarray(part)).astype(dtype))
+    return cache[key]
+
+  return jax.make_array_from_callback(shape, sharding, cb)
+
+
+def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
+               placement: Callable[[nnx.Variable, tuple[int, ...]], Sharding], param_dtype: Any) -> nnx.State:
+  """Fills an abstract params state from the checkpoint in `d`."""
+  files = weight_map(d)
+  flat = list(nnx.to_flat_state(abstract_state))
+  plan = [(path, var, *tables.hf_key(cfg.family, path)) for path, var in flat]
+  check_keys({key for _, _, key, _ in plan}, set(files), tied=cfg.tie_word_embeddings)
+  out = []
+  with contextlib.ExitStack() as stack:
+    handles: dict[Path, Any] = {}
+    for path, var, key, transform in plan:
+      file = files[key]
+      if file not in handles:
+        handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
+      try:
+        sl = handles[file].get_slice(key)
+      except Exception as e:  # noqa: BLE001 - a stale index names a tensor the file lacks
+        raise CheckpointError(f"tensor {key!r} is listed for {file.name} but cannot be read there: {e}") from e
+      shape = tuple(var.get_value().shape)
+      want, got = transform.hf_shape(shape), tuple(sl.get_shape())
+      if want != got:
+        raise CheckpointError(f"tensor {key!r} in {file.name} has shape {got}, expected {want} "
+                              f"(for parameter {tables.dotted(path)} of shape {shape})")
+      if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
+        raise CheckpointError(f"tensor {key!r} in {file.name} has dtype {sl.get_dtype()}, expected a float dtype")
+      try:
+        array = read_sharded(sl, transform, shape, placement(var, shape), param_dtype)
+      except TypeError as e:  # safetensors < 0.8 cannot give bfloat16 tensors to numpy
+        raise CheckpointError(f"tensor {key!r} ({sl.get_dtype()}) could not be read with numpy: {e}; "
+                              "bfloat16 checkpoints need safetensors >= 0.8") from e
+      out.append((path, var.replace(array)))
+  return nnx.from_flat_state(out)
+
+
+def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = None, mesh: Mesh | None = None,
+                    remat: str = "none", attention_impl: str | None = None) -> CausalLM:
+  """An HF checkpoint dir (or hub id) as a CausalLM; params sharded over `mesh`
+  by their logical axes (one device when mesh is None). Params are stored in
+  `param_dtype` (default float32) and computed in `dtype` (default float32)."""
+  d = resolve_model_dir(path)
+  config_file = d / "config.json"
+  if not config_file.exists():
+    raise FileNotFoundError(f"{d} has no config.json")
+  hf_config = json.loads(config_file.read_text())
+  cfg = ModelConfig.from_hf(hf_config)
+  dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)  # (a np.dtype is falsy: no `or` here)
+  param_dtype = jnp.dtype(jnp.float32 if param_dtype is None else param_dtype)
+  abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
+                                                remat=remat, attention_impl=attention_impl, hf_config=hf_config))
+  graphdef, abstract_state = nnx.split(abstract)
+  if mesh is None:
+    one = SingleDeviceSharding(jax.local_devices()[0])
+    placement = lambda var, shape: one  # noqa: E731
+  else:
+    placement = lambda var, shape: sharding_for(variable_axes(var), shape, mesh)  # noqa: E731
+  state = load_state(cfg, abstract_state, d, placement=placement, param_dtype=param_dtype)
+  return nnx.merge(graphdef, state)
