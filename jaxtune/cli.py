@@ -81,10 +81,12 @@ def cmd_export(argv: list[str]) -> int:
   p.add_argument("--out", required=True, help="output HF model directory")
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                  help="tensor dtype to write (default: the params' dtype)")
+  p.add_argument("--adapter-only", action="store_true",
+                 help="LoRA runs: write a PEFT adapter instead of the merged model")
   a = p.parse_args(argv)
   _maybe_init_distributed()
   from jaxtune.export import export_run
-  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype)
+  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only)
   print(f"exported {a.run} -> {os.path.abspath(out)}")
   return 0
 

@@ -1,7 +1,9 @@
 """`jaxtune export`: an Orbax checkpoint of a run -> a Hugging Face model directory.
 
 Params are restored sharded over every local device (never whole on one), then
-written tensor by tensor by the streaming HF exporter.
+written tensor by tensor by the streaming HF exporter. A LoRA run is rebuilt as
+its base model (from `model.path`) plus the checkpoint's adapters; export merges
+the adapters into the base weights, or with `adapter_only` writes a PEFT adapter.
 """
 
 from __future__ import annotations
@@ -10,56 +12,100 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxtune import mesh as mesh_lib
+from jaxtune.config import Config
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.loop import DTYPES, HF_SOURCE
+from jaxtune.train.loop import DTYPES, HF_SOURCE, attach_lora
 
 
-def _run_config(run_dir: str) -> dict:
+def load_run_config(run_dir: str) -> Config:
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{run_dir} is not a jaxtune run dir (no config.json)")
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    d = json.load(f)
+  d.pop("jaxtune_version", None)
+  return Config.from_dict(d)
+
+
+def _abstract_on(tree, mesh):
+  shardings = mesh_lib.state_shardings(tree, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
 def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[nnx.Module, dict, int]:
-  """The model of a run at `step` (latest good one by default), params sharded on `mesh`."""
+  """The model of a run at `step` (latest good one by default), params sharded on `mesh`;
+  a LoRA run's model carries its (unmerged) adapters."""
   from jaxtune.models import ModelConfig, build_model
+  from jaxtune.weights.hf_load import load_pretrained
 
-  run_cfg = _run_config(run_dir)
-  src = os.path.join(run_dir, HF_SOURCE)
-  with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
+  cfg = load_run_config(run_dir)
+  with open(os.path.join(run_dir, HF_SOURCE, "config.json"), encoding="utf-8") as f:
     hf_config = json.load(f)
-  mcfg = ModelConfig.from_hf(hf_config)
   mesh = mesh or mesh_lib.make_mesh(data=1, fsdp=-1, tensor=1)
-  param_dtype = DTYPES[run_cfg["model"]["param_dtype"]]
-  dtype = DTYPES[run_cfg["model"]["dtype"]]
+  dtype, param_dtype = DTYPES[cfg.model.dtype], DTYPES[cfg.model.param_dtype]
   with jax.set_mesh(mesh):
-    abs_model = nnx.eval_shape(lambda: build_model(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
-    graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
-    shardings = mesh_lib.state_shardings(abs_params, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
-    params, meta, step = ckpt_lib.restore_params(run_dir, target, step)
-    # The non-trainable rest (if any) is rebuilt from the config, never stored.
-    model = build_model(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    _, _, rest = nnx.split(model, nnx.Param, ...)
-    model = nnx.merge(graphdef, params, rest)
+    if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
+      model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
+      attach_lora(model, cfg, mesh)
+      adapters, meta, step = ckpt_lib.restore_params(run_dir, _abstract_on(nnx.state(model, nnx.LoRAParam), mesh),
+                                                     step)
+      nnx.update(model, adapters)
+    else:
+      mcfg = ModelConfig.from_hf(hf_config)
+      abs_model = nnx.eval_shape(lambda: build_model(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+      graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
+      if jax.tree.leaves(abs_rest):
+        raise NotImplementedError("the model holds non-parameter state that export does not restore")
+      params, meta, step = ckpt_lib.restore_params(run_dir, _abstract_on(abs_params, mesh), step)
+      model = nnx.merge(graphdef, params, abs_rest)
   model.hf_config = hf_config
   return model, meta, step
 
 
-def export_run(run_dir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None) -> str:
+def write_peft_adapter(model, cfg: Config, out_dir: str, tokenizer=None) -> None:
+  """A PEFT-format LoRA adapter: adapter_config.json + adapter_model.safetensors."""
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from jaxtune.models.lora import TARGETS, peft_tensors
+  from jaxtune.weights.hf_export import host_array
+
+  tensors = {k: np.ascontiguousarray(host_array(v)) for k, v in peft_tensors(model).items()}
+  if jax.process_index() != 0:
+    return
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+  adapter_config = {
+      "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": cfg.model.path,
+      "r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "lora_dropout": 0.0, "bias": "none",
+      "fan_in_fan_out": False, "target_modules": sorted(TARGETS[t][1] for t in cfg.lora.targets),
+      "inference_mode": True,
+  }
+  with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
+    json.dump(adapter_config, f, indent=2)
+  if tokenizer is not None:
+    tokenizer.save_pretrained(out_dir)
+
+
+def export_run(run_dir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
+               adapter_only: bool = False) -> str:
   from transformers import AutoTokenizer
 
+  from jaxtune.models.lora import has_lora, merge_lora
   from jaxtune.weights.hf_export import save_pretrained
 
   model, _, step = restore_model(run_dir, step)
   src = os.path.join(run_dir, HF_SOURCE)
   tokenizer = AutoTokenizer.from_pretrained(src)
+  if adapter_only:
+    if not has_lora(model):
+      raise ValueError(f"--adapter-only: {run_dir} is a full fine-tune (lora.rank = 0), it has no adapter")
+    write_peft_adapter(model, load_run_config(run_dir), out_dir, tokenizer)
+    return out_dir
+  merge_lora(model)
   save_pretrained(model, out_dir, tokenizer=tokenizer, dtype=None if dtype is None else DTYPES[dtype],
                   source_dir=src)
   return out_dir

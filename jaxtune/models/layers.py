@@ -26,16 +26,27 @@ def _normal(rngs: nnx.Rngs, shape: Sequence[int], dtype) -> jax.Array:
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel (+ bias); kernel [in, out] is HF's weight transposed."""
+  """y = x @ kernel (+ bias) (+ LoRA); kernel [in, out] is HF's weight transposed.
+
+  `jaxtune.models.lora.add_lora` sets `lora_a` [in, r] and `lora_b` [r, out] (nnx.LoRAParam)
+  and `lora_scale` (alpha / r); the adapter adds scale * (x @ a) @ b.
+  """
 
   def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, bias: bool = False, rngs: nnx.Rngs,
                dtype=jnp.float32, param_dtype=jnp.float32):
     self.kernel = nnx.Param(_normal(rngs, (d_in, d_out), param_dtype), logical_axes=axes)
     self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(axes[1],)) if bias else None
     self.dtype = dtype
+    self.lora_a = nnx.data(None)  # nnx.LoRAParam [in, r] once adapters are added
+    self.lora_b = nnx.data(None)  # nnx.LoRAParam [r, out]
+    self.lora_scale = 0.0
 
   def __call__(self, x_BTI: jax.Array) -> jax.Array:
-    y_BTO = jnp.einsum("...i,io->...o", x_BTI.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    x_BTI = x_BTI.astype(self.dtype)
+    y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.kernel[...].astype(self.dtype))
+    if self.lora_a is not None:
+      z_BTR = jnp.einsum("...i,ir->...r", x_BTI, self.lora_a[...].astype(self.dtype))
+      y_BTO = y_BTO + self.lora_scale * jnp.einsum("...r,ro->...o", z_BTR, self.lora_b[...].astype(self.dtype))
     if self.bias is not None:
       y_BTO = y_BTO + self.bias[...].astype(self.dtype).reshape((1,) * (y_BTO.ndim - 1) + (-1,))
     return y_BTO

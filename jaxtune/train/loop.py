@@ -43,7 +43,7 @@ HF_SOURCE = "hf_source"  # RUN_DIR/hf_source: config.json, generation_config.jso
 # Config fields that decide which tokens a resumed run sees, in which order.
 DETERMINISM_KEYS = (("data", "train"), ("data", "seq_len"), ("data", "packing"), ("data", "mask"),
                     ("data", "overlong"), ("data", "chat_template"), ("data", "workers"), ("train", "seed"),
-                    ("train", "batch_size"), ("model", "path"))
+                    ("train", "batch_size"), ("model", "path"), ("lora", "rank"), ("lora", "targets"))
 
 
 class TrainingError(RuntimeError):
@@ -101,6 +101,15 @@ def _write_run_files(cfg: Config, tokenizer, model_dir: str) -> None:
   tokenizer.save_pretrained(src)
 
 
+def attach_lora(model, cfg: Config, mesh) -> None:
+  """Adds the configured LoRA adapters (deterministic from train.seed), placed by the rules table."""
+  from jaxtune.models.lora import add_lora
+  add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets,
+           rngs=nnx.Rngs(cfg.train.seed))
+  adapters = nnx.state(model, nnx.LoRAParam)
+  nnx.update(model, jax.device_put(adapters, mesh_lib.state_shardings(adapters, mesh)))
+
+
 def _check_resume_config(cfg: Config, saved: dict) -> None:
   now = json.loads(json.dumps(cfg.to_dict()))
   changed = []
@@ -136,9 +145,6 @@ def train(cfg: Config) -> TrainResult:
   from jaxtune.data.pipeline import build_pipeline
   from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
 
-  if cfg.lora.rank > 0:
-    raise TrainingError("lora.rank > 0: LoRA training is not implemented yet; refusing to run a full "
-                        "fine-tune instead. Set lora.rank=0.")
   t_start = time.perf_counter()
   is_main = jax.process_index() == 0
   mesh = mesh_lib.mesh_from_cfg(cfg.mesh)
@@ -163,6 +169,8 @@ def train(cfg: Config) -> TrainResult:
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=DTYPES[cfg.model.dtype], param_dtype=DTYPES[cfg.model.param_dtype],
                             mesh=mesh, remat=cfg.model.remat)
+    if cfg.lora.rank > 0:
+      attach_lora(model, cfg, mesh)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     graphdef, state = init_state(model, tx)
     mcfg = model.config

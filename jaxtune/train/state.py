@@ -26,13 +26,20 @@ class TrainState:
   rest: nnx.State  # everything else the model holds (not trained, not saved)
 
 
+def trainable_filter(model: nnx.Module):
+  """LoRA adapters when the model has them (the base is then frozen), else every nnx.Param."""
+  from jaxtune.models.lora import has_lora
+  return nnx.LoRAParam if has_lora(model) else nnx.Param
+
+
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, trainable_filter(model), ...)
   return graphdef, params, rest
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-  """Splits a (possibly sharded) model and creates the optimizer state beside its params."""
+  """Splits a (possibly sharded) model into trainable params and the frozen rest, and creates
+  the optimizer state beside the trainable params only."""
   graphdef, params, rest = split_model(model)
   opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params))(params)
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rest=rest)
