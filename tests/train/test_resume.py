@@ -137,3 +137,14 @@ def test_restore_onto_another_mesh(tmp_path):
     assert b.sharding == t.sharding
   kernel = restored.params["model"]["layers"][0]["mlp"]["gate_proj"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_skip_nonfinite_keeps_the_last_finite_params(setup):
+  run = str(setup[0] / "skip")
+  cli.jaxtune(*args(setup, run, "--config.train.steps=6", "--config.checkpoint.every=0",
+                    "--config.optim.lr=1e30", "--config.optim.schedule=constant", "--config.optim.warmup_steps=0",
+                    "--config.optim.clip_norm=0.0", "--config.train.skip_nonfinite=True"))
+  rows = cli.metrics(run)
+  assert rows[-1]["step"] == 6 and rows[-1].get("skipped_nonfinite", 0) >= 1
+  step, params = params_of(run)
+  assert step == 6 and all(np.isfinite(x).all() for x in params)
