@@ -1,9 +1,11 @@
 """Write NNX parameters as an HF checkpoint directory, one tensor at a time.
 
 Shard layout is planned from shapes alone, so each safetensors file is written
-header first and then streamed tensor by tensor (gathered from devices,
-transposed back, cast): host memory stays bounded by one tensor. With several
-processes every process joins the gathers and only process 0 writes.
+header first and then streamed tensor by tensor (each assembled on the host from
+its device shards straight into HF layout and dtype, written, dropped): host
+memory beyond the params stays bounded by about one tensor. With several
+processes every process joins the gathers, only process 0 writes, and all of
+them wait for it before returning.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import nnx
 
 from jaxtune.models import CausalLM, ModelConfig, build_model
 from jaxtune.weights import tables
+from jaxtune.weights.hf_load import contiguous, copy_into
 
 ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
@@ -44,12 +47,40 @@ def _key(k) -> Any:
   return str(k)
 
 
-def host_array(x: Any) -> np.ndarray:
-  """The full value of a (possibly multi-process sharded) array on this host."""
+def _shard_to_host(a: jax.Array) -> np.ndarray:
+  """Host value of a single-device array, leaving no host copy cached on it
+  (`np.asarray` keeps one on the array whenever it had to copy, e.g. from a GPU;
+  on CPU it is a view of the device buffer)."""
+  had = getattr(a, "_npy_value", None) is not None
+  out = np.asarray(a)
+  if not had and getattr(a, "_npy_value", None) is not None:
+    a._npy_value = None  # the copy now lives as long as `out`, not as long as the parameter
+  return out
+
+
+def hf_tensor(x: Any, transform: tables.Transform = tables.IDENTITY, dtype: Any = None) -> np.ndarray:
+  """The full value of a parameter in HF layout (`transform.to_hf`), cast to
+  `dtype`, C-contiguous, assembled on this host with one allocation of the
+  tensor's size. A fully addressable jax.Array is copied shard by shard (one
+  replica each) straight into place: `np.asarray` on a sharded array would cache
+  a full host copy on the array, which then lives as long as the model. An array
+  spread over several processes is all-gathered first (every process joins)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
+    x = multihost_utils.process_allgather(x, tiled=True)
+  dtype = np.dtype(x.dtype if dtype is None else dtype)
+  if not isinstance(x, jax.Array) or x.ndim == 0:
+    return contiguous(transform.to_hf(np.asarray(x)), dtype)
+  out = np.empty(transform.hf_shape(x.shape), dtype)
+  for shard in x.addressable_shards:
+    if shard.replica_id == 0:
+      copy_into(out[transform.hf_index(shard.index)], transform.to_hf(_shard_to_host(shard.data)))
+  return out
+
+
+def host_array(x: Any) -> np.ndarray:
+  """The full value of a (possibly multi-process sharded) array on this host."""
+  return hf_tensor(x)
 
 
 def plan_shards(entries: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[int]]:
@@ -80,17 +111,25 @@ def write_safetensors(file: Path | None, names: Sequence[str], shapes: Sequence[
     offset += n
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)
+  # Each array is dropped before the next one is made (a plain `for ... in zip(...)` would still hold
+  # the previous one then: two tensors at once when, say, lm_head and embed_tokens come in a row).
   if file is None:
-    for _ in arrays:
-      pass
+    for a in arrays:
+      del a
     return
+  it = iter(arrays)
   with open(file, "wb") as f:
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
-    for name, shape, a in zip(names, shapes, arrays, strict=True):
-      if a.shape != tuple(shape) or a.dtype != dtype:
-        raise ValueError(f"tensor {name!r}: got {a.shape} {a.dtype}, planned {tuple(shape)} {np.dtype(dtype)}")
-      f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+    for name, shape in zip(names, shapes):
+      a = next(it, None)
+      if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+        got = "nothing" if a is None else f"{a.shape} {a.dtype}"
+        raise ValueError(f"tensor {name!r}: got {got}, planned {tuple(shape)} {np.dtype(dtype)}")
+      f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)  # no copy: hf_tensor is contiguous
+      del a
+    if next(it, None) is not None:
+      raise ValueError(f"more arrays than the {len(names)} planned tensors")
 
 
 def export_config(cfg: ModelConfig, hf_config: dict | None, dtype_name: str) -> dict[str, Any]:
@@ -157,7 +196,7 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
   for fname, idx in zip(file_names, shards):
     names = [entries[i][0] for i in idx]
     shapes = [entries[i][1] for i in idx]
-    arrays = (entries[i][3].to_hf(host_array(entries[i][2])).astype(dtype) for i in idx)
+    arrays = (hf_tensor(entries[i][2], entries[i][3], dtype) for i in idx)
     write_safetensors(out_dir / fname if writer else None, names, shapes, dtype, arrays)
 
   if writer:
@@ -174,6 +213,9 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
       (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
       tokenizer.save_pretrained(str(out_dir))
+  if jax.process_count() > 1:  # no process returns (and, say, reads the export) before process 0 has written it
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("jaxtune.save_pretrained")
   return out_dir
 
 

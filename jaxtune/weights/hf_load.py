@@ -4,12 +4,12 @@ The model is built abstractly (`nnx.eval_shape`), then each parameter is read
 from its safetensors file one tensor at a time, shape-checked, transformed
 (kernels transposed) and placed into its sharding with
 `jax.make_array_from_callback`, which reads only the slices this process's
-devices hold. Host memory stays bounded by one tensor.
+devices hold. Host memory beyond the loaded params stays bounded by a few
+copies of one tensor: each file is mapped only while one of its tensors is read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -81,20 +81,73 @@ def check_keys(expected: set[str], available: set[str], *, tied: bool) -> None:
     raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
 
 
+TILE_ROWS, TILE_COLS = 1024, 16  # output rows x columns per block of a transposing copy
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+  """dst[...] = src (casting as numpy does). A transposed 2-D view is copied in
+  tiles: numpy's plain copy walks the output row by row, and for a tall source
+  each output row touches one cache line of every source row (measured 4x slower
+  on a [32000, 2048] bf16 embedding here)."""
+  if src.ndim == 2 and src.size >= 1 << 16 and not src.flags.c_contiguous and src.T.flags.c_contiguous:
+    rows, cols = src.shape
+    for i in range(0, rows, TILE_ROWS):
+      for j in range(0, cols, TILE_COLS):
+        dst[i:i + TILE_ROWS, j:j + TILE_COLS] = src[i:i + TILE_ROWS, j:j + TILE_COLS]
+  else:
+    dst[...] = src
+
+
+def contiguous(a: np.ndarray, dtype: Any) -> np.ndarray:
+  """`a` as a C-contiguous array of `dtype`: `a` itself when it already is, else one copy."""
+  dtype = np.dtype(dtype)
+  if a.dtype == dtype and a.flags.c_contiguous:
+    return a
+  out = np.empty(a.shape, dtype)
+  copy_into(out, a)
+  return out
+
+
 def read_sharded(slice_obj: Any, transform: tables.Transform, shape: tuple[int, ...], sharding: Sharding,
                  dtype: Any) -> jax.Array:
-  """A global array of `shape` whose addressable shards are read slice by slice."""
+  """A global array of `shape` whose addressable shards are read slice by slice
+  (one read, at most one transposing/casting copy per distinct slice)."""
   cache: dict[tuple, np.ndarray] = {}  # shards replicated over several local devices are read once
 
   def cb(index: tuple[slice, ...]) -> np.ndarray:
     key = tuple((s.start, s.stop, s.step) for s in index)
     if key not in cache:
       hf_index = transform.hf_index(index) if index else ()
-      part = slice_obj[hf_index] if hf_index else slice_obj[:]
-      cache[key] = np.ascontiguousarray(transform.to_flax(np.asarray(part)).astype(dtype))
+      part = np.asarray(slice_obj[hf_index] if hf_index else slice_obj[:])
+      cache[key] = contiguous(transform.to_flax(part), dtype)
     return cache[key]
 
   return jax.make_array_from_callback(shape, sharding, cb)
+
+
+def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform: tables.Transform,
+                sharding: Sharding, param_dtype: Any) -> jax.Array:
+  """One parameter from its safetensors file. The file is opened for this tensor
+  only: safetensors memory-maps it, and every page read stays in this process's
+  RSS until the map is closed, so a handle held across tensors would grow RSS by
+  the whole shard file."""
+  with safe_open(file, framework="numpy") as f:
+    try:
+      sl = f.get_slice(key)
+    except Exception as e:  # noqa: BLE001 - a stale index names a tensor the file lacks
+      raise CheckpointError(f"tensor {key!r} is listed for {file.name} but cannot be read there: {e}") from e
+    shape = tuple(var.get_value().shape)
+    want, got = transform.hf_shape(shape), tuple(sl.get_shape())
+    if want != got:
+      raise CheckpointError(f"tensor {key!r} in {file.name} has shape {got}, expected {want} "
+                            f"(for parameter {tables.dotted(path)} of shape {shape})")
+    if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
+      raise CheckpointError(f"tensor {key!r} in {file.name} has dtype {sl.get_dtype()}, expected a float dtype")
+    try:
+      return read_sharded(sl, transform, shape, sharding, param_dtype)
+    except TypeError as e:  # safetensors < 0.8 cannot give bfloat16 tensors to numpy
+      raise CheckpointError(f"tensor {key!r} ({sl.get_dtype()}) could not be read with numpy: {e}; "
+                            "bfloat16 checkpoints need safetensors >= 0.8") from e
 
 
 def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
@@ -105,29 +158,10 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
   plan = [(path, var, *tables.hf_key(cfg.family, path)) for path, var in flat]
   check_keys({key for _, _, key, _ in plan}, set(files), tied=cfg.tie_word_embeddings)
   out = []
-  with contextlib.ExitStack() as stack:
-    handles: dict[Path, Any] = {}
-    for path, var, key, transform in plan:
-      file = files[key]
-      if file not in handles:
-        handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
-      try:
-        sl = handles[file].get_slice(key)
-      except Exception as e:  # noqa: BLE001 - a stale index names a tensor the file lacks
-        raise CheckpointError(f"tensor {key!r} is listed for {file.name} but cannot be read there: {e}") from e
-      shape = tuple(var.get_value().shape)
-      want, got = transform.hf_shape(shape), tuple(sl.get_shape())
-      if want != got:
-        raise CheckpointError(f"tensor {key!r} in {file.name} has shape {got}, expected {want} "
-                              f"(for parameter {tables.dotted(path)} of shape {shape})")
-      if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
-        raise CheckpointError(f"tensor {key!r} in {file.name} has dtype {sl.get_dtype()}, expected a float dtype")
-      try:
-        array = read_sharded(sl, transform, shape, placement(var, shape), param_dtype)
-      except TypeError as e:  # safetensors < 0.8 cannot give bfloat16 tensors to numpy
-        raise CheckpointError(f"tensor {key!r} ({sl.get_dtype()}) could not be read with numpy: {e}; "
-                              "bfloat16 checkpoints need safetensors >= 0.8") from e
-      out.append((path, var.replace(array)))
+  for path, var, key, transform in plan:
+    shape = tuple(var.get_value().shape)
+    array = read_tensor(files[key], key, var, path, transform, placement(var, shape), param_dtype)
+    out.append((path, var.replace(array)))
   return nnx.from_flat_state(out)
 
 
