@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import ml_collections
 
 MASK_MODES = ("assistant", "last_assistant", "none")
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "auto")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -35,8 +35,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = ()  # tuple of {path, format, weight} (a tuple so --config.data.train="(...)" overrides it)
+  # Sources: tuples of {path, format, weight} (and, for Hugging Face datasets, split / subset), a tuple so
+  # --config.data.train="(...)" overrides it. A path is a file, directory or glob (.jsonl, .jsonl.gz, .json,
+  # .parquet, .array_record), local or remote (gs://...), a datasets save_to_disk dir, or a hub id hf:OWNER/NAME.
+  c.data.train = ()
   c.data.eval = ()
+  c.data.eval_fraction = 0.0  # >0 with no data.eval: hold out this fraction of the train examples for eval
+  c.data.eval_seed = 0  # which examples eval_fraction holds out (independent of train.seed)
   c.data.seq_len = 2048
   c.data.packing = True
   c.data.mask = "assistant"
@@ -126,6 +131,8 @@ class SourceCfg:
   path: str
   format: str = "auto"
   weight: float = 1.0
+  split: str = ""  # Hugging Face datasets: the split of a DatasetDict / hub dataset ("" = "train")
+  subset: str = ""  # Hugging Face hub datasets: the configuration name
 
   def __post_init__(self):
     _check(self.format in FORMATS, "data.train[].format", f"{self.format!r} not in {FORMATS}")
@@ -144,9 +151,14 @@ class DataCfg:
   chat_template: str = ""
   workers: int = 0
   cache_dir: str = ""
+  eval_fraction: float = 0.0
+  eval_seed: int = 0
 
   def __post_init__(self):
     _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+    _check(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+    _check(not (self.eval_fraction > 0 and self.eval), "data.eval_fraction",
+           "is set and data.eval has sources too; use one or the other")
     _check(self.mask in MASK_MODES, "data.mask", f"{self.mask!r} not in {MASK_MODES}")
     _check(self.overlong in ("drop", "truncate"), "data.overlong", f"{self.overlong!r} not in ('drop', 'truncate')")
 
@@ -247,8 +259,8 @@ class Config:
                  "run": RunCfg, "demo": DemoCfg}[f.name]
       parts[f.name] = _build(sub_cls, f.name, dict(d.get(f.name, {})))
     cfg = cls(**parts)
-    _check(cfg.train.eval_every == 0 or bool(cfg.data.eval), "train.eval_every",
-           "is set but data.eval has no sources")
+    _check(cfg.train.eval_every == 0 or bool(cfg.data.eval) or cfg.data.eval_fraction > 0, "train.eval_every",
+           "is set but data.eval has no sources (and data.eval_fraction is 0)")
     return cfg
 
   def to_dict(self) -> dict[str, Any]:

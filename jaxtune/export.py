@@ -49,6 +49,9 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
+      if hf_config.get("vocab_size", 0) > model.config.vocab_size:  # grown in training for added tokens
+        from jaxtune.models.resize import resize_vocab
+        resize_vocab(model, hf_config["vocab_size"])
       attach_lora(model, cfg, mesh)
       adapters, meta, step = ckpt_lib.restore_params(run_dir, _abstract_on(nnx.state(model, nnx.LoRAParam), mesh),
                                                      step)

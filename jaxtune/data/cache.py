@@ -2,8 +2,8 @@
 
 Tokenizing a large dataset takes minutes per process; a restarted run with the
 same files, tokenizer and data settings loads the arrays back instead. The key
-hashes everything the store depends on: each file's path, size and mtime, the
-source formats, the tokenizer (vocabulary, merges, template, special tokens),
+hashes everything the store depends on: each file's path, size and mtime (a
+Hugging Face dataset's own fingerprint), the source formats and splits, the tokenizer (vocabulary, merges, template, special tokens),
 seq_len, mask, overlong, strict and the shard.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from jaxtune.data import records
+from jaxtune.data import hf_datasets, records
 from jaxtune.data.examples import DataStats, ExampleStore
 
 VERSION = 1  # bump when the store's contents change meaning
@@ -32,12 +32,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
   return h.hexdigest()
 
 
+def unit_fingerprint(file: str, split: str = "", subset: str = "") -> list:
+  """What identifies the contents of one unit of `records.expand`."""
+  kind = records.kind(file)
+  if kind in records.HF_KINDS:
+    name = file if records.is_remote(file) or kind == "hf_hub" else os.path.abspath(file)
+    return [name, split, subset, hf_datasets.fingerprint(file, kind, split, subset)]
+  size, mtime = records.stat(file)
+  return [file if records.is_remote(file) else os.path.abspath(file), size, mtime]
+
+
 def cache_key(sources, tokenizer, **settings) -> str:
   files = []
   for src in sources:
+    split, subset = getattr(src, "split", ""), getattr(src, "subset", "")
     for f in records.expand(src.path):
-      st = os.stat(f)
-      files.append([os.path.abspath(f), st.st_size, st.st_mtime_ns, src.format])
+      files.append(unit_fingerprint(f, split, subset) + [src.format])
   blob = json.dumps({"v": VERSION, "files": files, "tokenizer": tokenizer_fingerprint(tokenizer),
                      "settings": settings}, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -55,6 +65,8 @@ def load(cache_dir: str, key: str) -> tuple[ExampleStore, DataStats] | None:
 
 def save(cache_dir: str, key: str, store: ExampleStore, stats: DataStats) -> str:
   """Writes atomically (temp file, then rename), so readers never see half a file."""
+  if store.index is not None:
+    raise ValueError("only a full store is cached, not a view")
   os.makedirs(cache_dir, exist_ok=True)
   path = os.path.join(cache_dir, f"examples-{key}.npz")
   fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")

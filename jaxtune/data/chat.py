@@ -19,6 +19,7 @@ returned silently. Templates with `{% generation %}` go through transformers.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ MASK_MODES = ("assistant", "last_assistant", "none")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PLACEHOLDER = "\u27e6JXT:{}\u27e7"
 _PLACEHOLDER_RE = re.compile("\u27e6JXT:(\\d+)\u27e7")
+_SPECIAL_RE = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>")
 
 
 class DropExample(Exception):
@@ -53,23 +55,75 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
 
   `chat_template` (a built-in name or a .jinja path, `data.chat_template`) is
   used when set, else the tokenizer's own template; neither is an error.
+  Special tokens the set template writes literally (`<|...|>`, `<start_of_turn>`,
+  ...) but the tokenizer lacks are added to it as special tokens (see
+  `add_template_tokens`); the model's embeddings must then grow to
+  `len(tokenizer)` (`jaxtune.models.resize.resize_vocab`). The added tokens and
+  their ids are logged and kept in `tokenizer.jaxtune_added_tokens`.
   """
   from transformers import AutoTokenizer
   tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
   if not getattr(tok, "is_fast", False):
     raise ValueError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
+  tok.jaxtune_added_tokens = {}
   if chat_template:
     tok.chat_template = templates.resolve(chat_template)
-    missing = [t for t in templates.SPECIAL_TOKENS.get(chat_template, ()) if not _is_single_token(tok, t)]
-    if missing:
-      raise ValueError(
-          f"data.chat_template={chat_template!r} needs special tokens the tokenizer at {model_path!r} "
-          f"lacks: {missing}; adding tokens (and growing embeddings) is not supported yet")
+    added = add_template_tokens(tok, tok.chat_template)
+    if added:
+      logging.getLogger(__name__).warning(
+          "data.chat_template=%r needs special tokens the tokenizer at %s lacks: added %s (vocabulary now %d; "
+          "eos %r, pad %r); the model's embeddings grow to match, new rows = the mean of the old ones",
+          chat_template, model_path, ", ".join(f"{t}={i}" for t, i in added.items()), len(tok), tok.eos_token,
+          tok.pad_token)
   elif not tok.chat_template:
     raise ValueError(
         f"the tokenizer at {model_path!r} has no chat template: set data.chat_template to a built-in "
         f"({sorted(templates.BUILTIN)}) or a .jinja file")
   return tok
+
+
+def template_special_tokens(template: str) -> list[str]:
+  """Special-token literals a template writes: `<|...|>` tags and the known turn markers, in order."""
+  found = {m.group(0): m.start() for m in reversed(list(_SPECIAL_RE.finditer(template)))}
+  for t in templates.TURN_TAGS:
+    if t in template:
+      found.setdefault(t, template.index(t))
+  return sorted(found, key=found.get)
+
+
+def add_template_tokens(tok, template: str) -> dict[str, int]:
+  """Adds the special tokens `template` needs and `tok` lacks; returns {token: new id}.
+
+  When tokens are added: a template that renders `bos_token` while the tokenizer
+  has none gets the built-in Llama 3 `<|begin_of_text|>` as bos (built-in llama3
+  only); eos becomes the template's end-of-turn marker if that marker was added
+  (or eos was unset) and the template does not itself render `eos_token`; an
+  unset pad becomes eos. `tok.jaxtune_added_tokens` records what was added.
+  """
+  needed = template_special_tokens(template)
+  wants_bos = "bos_token" in template and getattr(tok, "bos_token", None) is None
+  if wants_bos and template == templates.LLAMA3:
+    needed.insert(0, "<|begin_of_text|>")
+  missing = [t for t in needed if not _is_single_token(tok, t)]
+  if not missing:
+    return {}
+  try:
+    tok.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+  except TypeError:  # transformers 4.x
+    tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+  still = [t for t in missing if not _is_single_token(tok, t)]
+  if still:
+    raise ValueError(f"could not add the special tokens {still} the chat template needs to the tokenizer")
+  added = {t: int(tok.convert_tokens_to_ids(t)) for t in missing}
+  if "<|begin_of_text|>" in added and wants_bos:
+    tok.bos_token = "<|begin_of_text|>"
+  eot = next((t for t in needed if t in templates.END_OF_TURN), None)
+  if eot is not None and "eos_token" not in template and (eot in added or getattr(tok, "eos_token", None) is None):
+    tok.eos_token = eot
+  if getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:
+    tok.pad_token = tok.eos_token
+  tok.jaxtune_added_tokens = {**getattr(tok, "jaxtune_added_tokens", {}), **added}
+  return added
 
 
 def _is_single_token(tok, token: str) -> bool:

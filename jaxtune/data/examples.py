@@ -2,11 +2,17 @@
 
 Everything is read and tokenized up front (records of this process's shard
 only): the store is three flat numpy arrays, the stats are exact, and Grain
-then only shuffles, mixes, packs and batches integers and slices.
+then only shuffles, mixes, packs and batches integers and slices. Pre-tokenized
+records (`input_ids`, `loss_mask`) skip the chat template but are checked and
+fitted to seq_len like the others.
+
+`split_holdout` carves a seeded held-out eval set out of a store
+(`data.eval_fraction`); both parts are views sharing the store's arrays.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Sequence
@@ -27,10 +33,12 @@ class DataError(ValueError):
 class DataStats:
   """What the pipeline read and kept.
 
-  Every record read is either an example or dropped: `records` = `examples` +
+  Every record read is either an example of this split, held out for the other
+  split (`data.eval_fraction`), or dropped: `records` = `examples` + `held_out` +
   `dropped`, and `dropped` = sum(`dropped_by_reason`). `malformed` counts the
   dropped records that failed schema/JSON checks (the rest were valid
   conversations dropped later: overlong, template errors, no trained token).
+  `tokens`/`loss_tokens` (and per source `examples`/`tokens`) are this split's.
   """
   records: int = 0
   malformed: int = 0
@@ -43,6 +51,7 @@ class DataStats:
   loss_tokens: int = 0
   packing_efficiency: float = 0.0
   sources: list = dataclasses.field(default_factory=list)
+  held_out: int = 0
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -67,25 +76,87 @@ class DataStats:
 
 @dataclasses.dataclass(frozen=True)
 class ExampleStore:
-  """Examples as flat arrays: example i is tokens[offsets[i]:offsets[i+1]]."""
+  """Examples as flat arrays: stored example j is tokens[offsets[j]:offsets[j+1]].
+
+  With `index` the store is a view of some of them: example i is stored example
+  index[i] (sorted, so sources stay contiguous), sharing the arrays.
+  """
   tokens: np.ndarray  # int32 [total]
   mask: np.ndarray  # uint8 [total]
-  offsets: np.ndarray  # int64 [n + 1]
+  offsets: np.ndarray  # int64 [stored + 1]
   source_bounds: tuple[int, ...]  # example index where each source starts, + n
+  index: np.ndarray | None = None  # int64 [n]: a view's stored examples; None: all, in order
 
   def __len__(self) -> int:
-    return len(self.offsets) - 1
+    return len(self.offsets) - 1 if self.index is None else len(self.index)
 
   def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = self.offsets[i], self.offsets[i + 1]
+    j = i if self.index is None else int(self.index[i])
+    a, b = self.offsets[j], self.offsets[j + 1]
     return self.tokens[a:b], self.mask[a:b].astype(np.int32)
 
   @property
   def lengths(self) -> np.ndarray:
-    return np.diff(self.offsets)
+    lengths = np.diff(self.offsets)
+    return lengths if self.index is None else lengths[self.index]
+
+  def loss_counts(self) -> np.ndarray:
+    """Trained tokens per example."""
+    if len(self.offsets) < 2 or self.offsets[-1] == 0:
+      return np.zeros(len(self), np.int64)
+    per = np.add.reduceat(self.mask.astype(np.int64), self.offsets[:-1])
+    per[np.diff(self.offsets) == 0] = 0
+    return per if self.index is None else per[self.index]
+
+  def select(self, stored: np.ndarray) -> "ExampleStore":
+    """A view of the given stored example ids (of a full store), kept in order."""
+    if self.index is not None:
+      raise ValueError("select() takes a full store, not a view")
+    stored = np.sort(np.asarray(stored, np.int64))
+    bounds = tuple(int(b) for b in np.searchsorted(stored, self.source_bounds))
+    return ExampleStore(self.tokens, self.mask, self.offsets, bounds, stored)
 
   def source_size(self, s: int) -> int:
     return self.source_bounds[s + 1] - self.source_bounds[s]
+
+
+def holdout_ids(store: ExampleStore, fraction: float, seed: int) -> np.ndarray:
+  """Sorted ids of the examples held out for eval: round(fraction * n) of each source's n,
+  drawn by a seeded permutation, never a source's last example."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"eval fraction must be in (0, 1), got {fraction}")
+  picked = []
+  for s in range(len(store.source_bounds) - 1):
+    lo, hi = store.source_bounds[s], store.source_bounds[s + 1]
+    k = min(int(round(fraction * (hi - lo))), max(hi - lo - 1, 0))
+    if k > 0:
+      rng = np.random.default_rng([seed % (1 << 63), 0x686F6C64, s])
+      picked.append(lo + rng.permutation(hi - lo)[:k])
+  return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def split_holdout(store: ExampleStore, stats: DataStats, fraction: float,
+                  seed: int) -> dict[str, tuple[ExampleStore, DataStats]]:
+  """{"train": (view, stats), "eval": (view, stats)}: a seeded `fraction` of each source's
+  examples held out for eval, the rest for training; disjoint, together the whole store."""
+  held = holdout_ids(store, fraction, seed)
+  if held.size == 0:
+    raise DataError(f"data.eval_fraction={fraction} of {len(store)} examples holds out none; "
+                    "raise it, or give data.eval sources")
+  keep = np.setdiff1d(np.arange(len(store), dtype=np.int64), held, assume_unique=True)
+  lengths, losses = store.lengths, store.loss_counts()
+  out = {}
+  for name, ids, other in (("train", keep, held.size), ("eval", held, keep.size)):
+    view = store.select(ids)
+    st = copy.deepcopy(stats)
+    st.examples, st.held_out = int(ids.size), int(other)
+    st.tokens, st.loss_tokens = int(lengths[ids].sum()), int(losses[ids].sum())
+    for s, entry in enumerate(st.sources):
+      if s + 1 < len(view.source_bounds):
+        sel = ids[view.source_bounds[s]:view.source_bounds[s + 1]]
+        entry["examples"], entry["tokens"] = int(sel.size), int(lengths[sel].sum())
+    out[name] = (view, st)
+  return out
 
 
 class _Builder:
@@ -110,12 +181,13 @@ class _Builder:
 
 def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_count: int,
                    file_counts: dict):
-  """Yields (where, file, messages) of a source's records in this shard."""
+  """Yields (where, file, messages or (ids, loss_mask)) of a source's records in this shard."""
   k = -1
+  split, subset = getattr(src, "split", ""), getattr(src, "subset", "")
   for file in records.expand(src.path):
     file_counts.setdefault(file, [0, 0])
     fmt = None if src.format == "auto" else src.format
-    for f, n, rec in records.read_records(file):
+    for f, n, rec in records.read_records(file, split=split, subset=subset):
       if fmt is None:
         fmt = records.detect_format(rec)
       k += 1
@@ -125,7 +197,7 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
       file_counts[file][0] += 1
       where = records.where(f, n)
       try:
-        yield where, file, records.to_messages(rec, fmt or "auto")
+        yield where, file, records.convert(rec, fmt or "auto")
       except records.MalformedRecord as e:
         if strict:
           raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
@@ -145,17 +217,18 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
   stats, builder, file_counts = DataStats(), _Builder(), {}
+  vocab = len(tokenizer)
   for src in sources:
     before = (stats.records, builder.n, stats.tokens)
     pending: list = []
     for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts):
       pending.append(item)
       if len(pending) == _BATCH:
-        _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict)
+        _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict, vocab)
         pending = []
       if max_examples is not None and builder.n + len(pending) >= max_examples:
         break
-    _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict)
+    _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict, vocab)
     builder.end_source()
     stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
                           "records": stats.records - before[0], "examples": builder.n - before[1],
@@ -175,16 +248,37 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
   return builder.build(), stats
 
 
+def _pretokenized(ids: np.ndarray, loss_mask: np.ndarray, vocab: int, mask: str):
+  """A pre-tokenized example checked against the tokenizer; mask "none" trains every token."""
+  if ids.size == 0:
+    raise chat.DropExample("empty", "no input_ids")
+  bad = (ids < 0) | (ids >= vocab)
+  if bad.any():
+    raise records.MalformedRecord("token_out_of_range",
+                                  f"token id {int(ids[bad][0])} is outside the tokenizer's {vocab} ids")
+  return ids, (np.ones_like(loss_mask) if mask == "none" else loss_mask)
+
+
 def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict,
-              seq_len: int, mask: str, overlong: str, strict: bool) -> None:
+              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int) -> None:
   if not items:
     return
-  results = chat.encode_batch([m for _, _, m in items], tokenizer, mask)
-  for (where, file, _), res in zip(items, results):
+  chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
+  results: list = [None] * len(items)
+  for i, res in zip(chats, chat.encode_batch([items[i][2] for i in chats], tokenizer, mask) if chats else []):
+    results[i] = res
+  for (where, file, payload), res in zip(items, results):
     try:
+      if isinstance(payload, tuple):
+        res = _pretokenized(*payload, vocab=vocab, mask=mask)
       if isinstance(res, chat.DropExample):
         raise res
       ids, loss_mask, truncated = packing.prepare_example(*res, seq_len=seq_len, overlong=overlong)
+    except records.MalformedRecord as e:
+      if strict:
+        raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
+      stats.note(where, e.reason, e.detail, malformed=True)
+      continue
     except chat.DropExample as e:
       if strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
         raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e

@@ -9,10 +9,15 @@ The stream, all of it a pure function of (data, seed, shard):
 
 The iterator state is two small integers (window, row in window), so
 `get_state()`/`set_state()` resumes at the identical next batch.
+
+With `data.eval_fraction` > 0 (and no `data.eval` sources) both splits read the
+train sources and a seeded fraction of each source's examples is held out:
+`split="eval"` gets exactly those, `split="train"` the rest.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -22,7 +27,7 @@ import grain
 import numpy as np
 
 from jaxtune.data import cache, packing
-from jaxtune.data.examples import DataError, DataStats, ExampleStore, load_examples
+from jaxtune.data.examples import DataError, DataStats, ExampleStore, load_examples, split_holdout
 
 ROWS_PER_WINDOW = 64  # rows packed together (at least one batch)
 MAX_EFFICIENCY_EXAMPLES = 1 << 17  # packing_efficiency is measured on at most this many
@@ -136,20 +141,33 @@ def _stream(store: ExampleStore, weights: list[float], seed: int) -> grain.MapDa
   return grain.MapDataset.mix(streams, kept)
 
 
-def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int):
-  """load_examples, through the on-disk cache when data.cache_dir is set."""
+_LAST: dict = {}  # {key: (store, stats)} of the last held-out load (train and eval splits share it)
+
+
+def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, reuse: bool = False):
+  """load_examples, through the on-disk cache when data.cache_dir is set; with `reuse`,
+  the last result for the same key is returned again (in this process) instead of
+  tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
                   strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count)
   cache_dir = getattr(data_cfg, "cache_dir", "")
-  if not cache_dir:
+  if not cache_dir and not reuse:
     return load_examples(sources, tokenizer, **settings)
   key = cache.cache_key(sources, tokenizer, **settings)
-  hit = cache.load(cache_dir, key)
+  if reuse and key in _LAST:
+    store, stats = _LAST[key]
+    return store, copy.deepcopy(stats)
+  hit = cache.load(cache_dir, key) if cache_dir else None
   if hit is not None:
     logging.info("data: tokenized examples loaded from %s (key %s)", cache_dir, key)
-    return hit
-  store, stats = load_examples(sources, tokenizer, **settings)
-  cache.save(cache_dir, key, store, stats)
+    store, stats = hit
+  else:
+    store, stats = load_examples(sources, tokenizer, **settings)
+    if cache_dir:
+      cache.save(cache_dir, key, store, stats)
+  if reuse:
+    _LAST.clear()
+    _LAST[key] = (store, copy.deepcopy(stats))
   return store, stats
 
 
@@ -162,12 +180,16 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r} not in ('train', 'eval')")
-  sources = data_cfg.train if split == "train" else data_cfg.eval
+  fraction = float(getattr(data_cfg, "eval_fraction", 0.0) or 0.0)
+  held_out = fraction > 0 and not data_cfg.eval
+  sources = data_cfg.train if split == "train" or held_out else data_cfg.eval
   if not sources:
-    raise DataError(f"no data.{split} sources configured")
+    raise DataError(f"no data.{split} sources configured" + (" (nor data.eval_fraction)" if split == "eval" else ""))
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  store, stats = _examples(data_cfg, sources, tokenizer, shard_index, shard_count)
+  store, stats = _examples(data_cfg, sources, tokenizer, shard_index, shard_count, reuse=held_out)
+  if held_out:
+    store, stats = split_holdout(store, stats, fraction, getattr(data_cfg, "eval_seed", 0))[split]
   seq_len, pack, pad_id = data_cfg.seq_len, data_cfg.packing, _pad_id(tokenizer)
   window = window_size(store, seq_len, batch_size, pack)
   order = np.random.default_rng(_seed(seed, 1 << 20)).permutation(len(store))[:MAX_EFFICIENCY_EXAMPLES]

@@ -1,30 +1,49 @@
 """Raw instruction records -> validated chat messages.
 
+Sources (`expand` lists the readable units of a configured path):
+  .jsonl / .jsonl.gz / .json (a list) / .parquet files, a directory of them, or a glob;
+  .array_record files (`pretokenized.py`: pre-tokenized examples, or JSON records);
+  a Hugging Face `save_to_disk` directory, or a hub dataset id `hf:OWNER/NAME` / `OWNER/NAME`
+  (`hf_datasets.py`, needs the optional `datasets` package);
+  any of the file kinds at a remote path (gs://..., s3://...) through `etils.epath`
+  (gs:// needs gcsfs, or tensorflow).
+
 Readers yield `(file, n, record)` where `n` is the 1-based line of a `.jsonl` /
-`.jsonl.gz` file or the 0-based index of a `.json` list / `.parquet` row. A line
-that is not JSON is yielded as a `MalformedRecord` in place of the record, so a
-caller's one `try: to_messages(...)` counts it like any other bad record.
+`.jsonl.gz` file or the 0-based index of a `.json` list / `.parquet` row / ArrayRecord
+record / dataset row. A line (record) that cannot be decoded is yielded as a
+`MalformedRecord` in place of the record, so a caller's one `try: to_messages(...)`
+counts it like any other bad record.
 
 `to_messages(record, fmt)` converts one record of a known format to a list of
-`{"role", "content", ...}` dicts, or raises `MalformedRecord(reason)`.
+`{"role", "content", ...}` dicts, or raises `MalformedRecord(reason)`. Records with
+`input_ids` (format "pretokenized") skip the chat template: `pretokenized.to_arrays`.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import io
 import json
 import os
+import re
+import shutil
+import tempfile
 from typing import Any, Iterator
 
+from jaxtune.data import hf_datasets, pretokenized
+
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+PRETOKENIZED = "pretokenized"
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant",
     "assistant": "assistant", "chatgpt": "assistant", "model": "assistant",
     "tool": "tool", "function": "tool", "observation": "tool", "function_response": "tool",
 }
-EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet", pretokenized.SUFFIX)
+HF_KINDS = ("hf_disk", "hf_hub")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class MalformedRecord(Exception):
@@ -41,37 +60,151 @@ def where(file: str, n: int) -> str:
   return f"{file}:{n}" if file.endswith((".jsonl", ".jsonl.gz")) else f"{file}[{n}]"
 
 
+def is_remote(path: str) -> bool:
+  """A URI (gs://, s3://, ...) read through etils.epath rather than the local file system."""
+  return "://" in str(path)
+
+
+def _epath(path: str):
+  from etils import epath
+  return epath.Path(path)
+
+
+def _remote(fn, path: str):
+  try:
+    return fn(_epath(path))
+  except ImportError as e:  # epath/fsspec name the missing package (gcsfs, s3fs, ...)
+    raise ImportError(f"cannot read {path!r}: {e} (gs:// paths need gcsfs or tensorflow)") from e
+
+
+def _isdir(path: str) -> bool:
+  return _remote(lambda p: p.is_dir(), path) if is_remote(path) else os.path.isdir(path)
+
+
+def _isfile(path: str) -> bool:
+  return _remote(lambda p: p.is_file(), path) if is_remote(path) else os.path.isfile(path)
+
+
+def _exists(path: str) -> bool:
+  return _remote(lambda p: p.exists(), path) if is_remote(path) else os.path.exists(path)
+
+
+def _listdir(path: str) -> list[str]:
+  if is_remote(path):
+    return [str(p) for p in _remote(lambda p: sorted(p.iterdir()), path)]
+  return [os.path.join(path, f) for f in sorted(os.listdir(path))]
+
+
+def _glob(pattern: str) -> list[str]:
+  if not is_remote(pattern):
+    return glob.glob(pattern)
+  parts = pattern.split("/")
+  first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+  base, rest = "/".join(parts[:first]), "/".join(parts[first:])
+  return [str(p) for p in _remote(lambda p: list(p.glob(rest)), base)]
+
+
+def open_file(path: str, mode: str = "rb"):
+  """A local or remote (epath) file object."""
+  return _remote(lambda p: p.open(mode), path) if is_remote(path) else open(path, mode)
+
+
+def stat(path: str) -> tuple[int, int]:
+  """(size, mtime) of a local or remote file, for cache keys."""
+  if is_remote(path):
+    st = _remote(lambda p: p.stat(), path)
+    return int(st.length), int(st.mtime)
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+def is_hf_dir(path: str) -> bool:
+  """A `datasets` save_to_disk directory: a Dataset or a DatasetDict."""
+  join = (lambda n: f"{path.rstrip('/')}/{n}") if is_remote(path) else (lambda n: os.path.join(path, n))
+  return (all(_exists(join(m)) for m in hf_datasets.DISK_MARKERS)
+          or _exists(join(hf_datasets.DICT_MARKER)))
+
+
+def _supported(name: str) -> bool:
+  return name.endswith(EXTENSIONS) or pretokenized.is_array_record(name)
+
+
+def kind(file: str) -> str:
+  """jsonl | json | parquet | array_record | hf_disk | hf_hub, for one unit of `expand`."""
+  if file.startswith(hf_datasets.HUB_PREFIX):
+    return "hf_hub"
+  if pretokenized.is_array_record(file):
+    return "array_record"
+  for ext, k in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "json"), (".parquet", "parquet")):
+    if file.endswith(ext):
+      return k
+  if _isdir(file):
+    return "hf_disk"
+  raise ValueError(f"data file {file!r}: unsupported extension, expected one of {EXTENSIONS}")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+  return (bool(_HUB_ID_RE.match(path)) and not _supported(path) and not path.startswith((".", "~"))
+          and not is_remote(path) and not glob.has_magic(path))
+
+
 def expand(path: str) -> list[str]:
-  """A file, a directory (its supported files) or a glob, as a sorted file list."""
-  if os.path.isdir(path):
-    files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(EXTENSIONS)]
+  """A source path as a sorted list of units to read: files (a file, a directory's supported
+  files, or a glob), a `datasets` save_to_disk directory, or a hub id `hf:OWNER/NAME`.
+  A path that does not exist locally and looks like `OWNER/NAME` is taken as a hub id."""
+  path = str(path)
+  if path.startswith(hf_datasets.HUB_PREFIX):  # also canonical ids without an owner, "hf:squad"
+    return [path]
+  if _isdir(path):
+    if is_hf_dir(path):
+      return [path]
+    files = [f for f in _listdir(path) if _supported(os.path.basename(f)) and _isfile(f)]
+  elif glob.has_magic(path):
+    files = sorted(_glob(path))
+  elif not _exists(path) and _looks_like_hub_id(path):
+    return [hf_datasets.HUB_PREFIX + path]
   else:
-    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    files = [path]
   if not files:
-    raise FileNotFoundError(f"data source {path!r} matches no {'/'.join(EXTENSIONS)} file")
+    raise FileNotFoundError(f"data source {path!r} matches no {'/'.join(EXTENSIONS)} file "
+                            "(nor a Hugging Face save_to_disk directory)")
   for f in files:
-    if not os.path.isfile(f):
+    if _isdir(f) and is_hf_dir(f):
+      continue
+    if not _isfile(f):
       raise FileNotFoundError(f"data file {f!r} does not exist")
-    if not f.endswith(EXTENSIONS):
+    if not _supported(os.path.basename(f)):
       raise ValueError(f"data file {f!r}: unsupported extension, expected one of {EXTENSIONS}")
   return files
 
 
-def read_records(file: str) -> Iterator[tuple[str, int, Any]]:
-  """Yields (file, line_or_index, record) for one data file."""
-  if file.endswith(".parquet"):
+def read_records(file: str, *, split: str = "", subset: str = "") -> Iterator[tuple[str, int, Any]]:
+  """Yields (file, line_or_index, record) for one unit of `expand`; `split`/`subset` pick
+  the part of a Hugging Face dataset (an error for files)."""
+  k = kind(file)
+  if k in HF_KINDS:
+    label = f"{file}:{split}" if split else file
+    for i, rec in hf_datasets.rows(file, k, split, subset):
+      yield label, i, rec
+    return
+  if split or subset:
+    raise ValueError(f"data file {file!r}: 'split'/'subset' apply to Hugging Face datasets only")
+  if k == "array_record":
+    yield from _read_array_record(file)
+  elif k == "parquet":
     yield from _read_parquet(file)
-  elif file.endswith(".json"):
-    with open(file, encoding="utf-8") as f:
-      data = json.load(f)
+  elif k == "json":
+    with open_file(file, "rb") as f:
+      data = json.loads(f.read().decode("utf-8"))
     if not isinstance(data, list):
       raise ValueError(f"{file}: a .json source must hold a list of records, got {type(data).__name__}")
     for i, rec in enumerate(data):
       yield file, i, rec
   else:
-    opener = gzip.open if file.endswith(".gz") else open
-    with opener(file, "rt", encoding="utf-8") as f:
-      for n, line in enumerate(f, start=1):
+    with open_file(file, "rb") as raw:
+      stream = (gzip.open(raw, "rt", encoding="utf-8") if file.endswith(".gz")
+                else io.TextIOWrapper(raw, encoding="utf-8"))
+      for n, line in enumerate(stream, start=1):
         if not line.strip():
           continue
         try:
@@ -83,16 +216,40 @@ def read_records(file: str) -> Iterator[tuple[str, int, Any]]:
 def _read_parquet(file: str):
   import pyarrow.parquet as pq
   i = 0
-  for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
-    for rec in batch.to_pylist():
-      yield file, i, rec
-      i += 1
+  with open_file(file, "rb") as f:
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+      for rec in batch.to_pylist():
+        yield file, i, rec
+        i += 1
+
+
+def _read_array_record(file: str):
+  """Decoded records of an ArrayRecord file; a remote one is copied to a temp file first
+  (the ArrayRecord reader reads local files only)."""
+  tmp = None
+  local = file
+  try:
+    if is_remote(file):
+      tmp = tempfile.mkdtemp(prefix="jaxtune-ar-")
+      local = os.path.join(tmp, os.path.basename(file))
+      with open_file(file, "rb") as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 24)
+    for i, raw in pretokenized.read(local):
+      try:
+        yield file, i, pretokenized.decode(raw)
+      except pretokenized.RecordError as e:
+        yield file, i, MalformedRecord("bad_record", str(e))
+  finally:
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def detect_format(record: Any) -> str | None:
   """The format a record's keys suggest, or None."""
   if not isinstance(record, dict):
     return None
+  if "input_ids" in record:
+    return PRETOKENIZED
   if "messages" in record:
     return "messages"
   if "conversations" in record:
@@ -102,6 +259,24 @@ def detect_format(record: Any) -> str | None:
   if "prompt" in record and "completion" in record:
     return "prompt_completion"
   return None
+
+
+def convert(record: Any, fmt: str) -> list[dict] | tuple[Any, Any]:
+  """`to_messages`, or (input_ids, loss_mask) int32 arrays for a pre-tokenized record
+  (format "pretokenized", or "auto" and an `input_ids` key)."""
+  if isinstance(record, MalformedRecord):
+    raise record
+  if fmt == "auto" and isinstance(record, dict) and "input_ids" in record:
+    fmt = PRETOKENIZED
+  if fmt != PRETOKENIZED:
+    return to_messages(record, fmt)
+  if not isinstance(record, dict):
+    raise MalformedRecord("not_an_object", f"record is a {type(record).__name__}")
+  try:
+    arrays = pretokenized.to_arrays(record)
+  except pretokenized.RecordError as e:
+    raise MalformedRecord("bad_tokens", str(e)) from e
+  return arrays["input_ids"], arrays["loss_mask"]
 
 
 def to_messages(record: Any, fmt: str) -> list[dict]:

@@ -26,11 +26,15 @@ CHATML = (
 
 BUILTIN = {"llama3": LLAMA3, "chatml": CHATML}
 
-# Special tokens each built-in template needs the tokenizer to know.
+# Special tokens each built-in template uses (`chat.load_tokenizer` adds those a tokenizer lacks,
+# found in the template text itself, so .jinja templates get the same treatment).
 SPECIAL_TOKENS = {
     "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatml": ("<|im_start|>", "<|im_end|>"),
 }
+
+# Turn tags other than `<|...|>` ones that templates write literally (Gemma).
+TURN_TAGS = ("<start_of_turn>", "<end_of_turn>")
 
 # End-of-turn markers, one per template family; generation stops on these.
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<|end|>")

@@ -43,7 +43,8 @@ HF_SOURCE = "hf_source"  # RUN_DIR/hf_source: config.json, generation_config.jso
 # Config fields that decide which tokens a resumed run sees, in which order.
 DETERMINISM_KEYS = (("data", "train"), ("data", "seq_len"), ("data", "packing"), ("data", "mask"),
                     ("data", "overlong"), ("data", "chat_template"), ("data", "workers"), ("train", "seed"),
-                    ("train", "batch_size"), ("model", "path"), ("lora", "rank"), ("lora", "targets"))
+                    ("train", "batch_size"), ("model", "path"), ("lora", "rank"), ("lora", "targets"),
+                    ("data", "eval_fraction"), ("data", "eval_seed"))
 
 
 class TrainingError(RuntimeError):
@@ -86,8 +87,9 @@ class _StopSignal:
       signal.signal(s, h)
 
 
-def _write_run_files(cfg: Config, tokenizer, model_dir: str) -> None:
-  """RUN_DIR/config.json and RUN_DIR/hf_source/ (what export needs besides the params)."""
+def _write_run_files(cfg: Config, tokenizer, model_dir: str, hf_config: dict | None = None) -> None:
+  """RUN_DIR/config.json and RUN_DIR/hf_source/ (what export needs besides the params); `hf_config`
+  replaces the copied config.json when training changed it (a vocabulary grown for added tokens)."""
   if jax.process_index() != 0:
     return
   os.makedirs(cfg.run.dir, exist_ok=True)
@@ -98,6 +100,20 @@ def _write_run_files(cfg: Config, tokenizer, model_dir: str) -> None:
   for name in ("config.json", "generation_config.json"):
     if os.path.exists(os.path.join(model_dir, name)):
       shutil.copyfile(os.path.join(model_dir, name), os.path.join(src, name))
+  if hf_config is not None:
+    with open(os.path.join(src, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+  gen_path = os.path.join(src, "generation_config.json")
+  eos_id = tokenizer.eos_token_id
+  if getattr(tokenizer, "jaxtune_added_tokens", None) and eos_id is not None and os.path.exists(gen_path):
+    with open(gen_path, encoding="utf-8") as f:
+      gen = json.load(f)
+    old = gen.get("eos_token_id")
+    old = [] if old is None else old if isinstance(old, list) else [old]
+    if eos_id not in old:
+      gen["eos_token_id"] = old + [eos_id]
+      with open(gen_path, "w", encoding="utf-8") as f:
+        json.dump(gen, f, indent=2, sort_keys=True)
   tokenizer.save_pretrained(src)
 
 
@@ -169,11 +185,21 @@ def train(cfg: Config) -> TrainResult:
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=DTYPES[cfg.model.dtype], param_dtype=DTYPES[cfg.model.param_dtype],
                             mesh=mesh, remat=cfg.model.remat)
+    if len(tokenizer) > model.config.vocab_size:  # special tokens data.chat_template needed were added
+      from jaxtune.models.resize import resize_vocab
+      old_vocab = model.config.vocab_size
+      resize_vocab(model, len(tokenizer), pad_to_multiple_of=128)
+      if is_main:
+        print(f"vocabulary {old_vocab} -> {model.config.vocab_size} for the added tokens "
+              f"{getattr(tokenizer, 'jaxtune_added_tokens', {})}; new rows = the mean of the old ones", flush=True)
+      if cfg.lora.rank > 0:
+        log.warning("lora.rank > 0: the added tokens' embedding/lm_head rows stay at their mean initialisation "
+                    "(LoRA trains no embeddings)")
     if cfg.lora.rank > 0:
       attach_lora(model, cfg, mesh)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     graphdef, state = init_state(model, tx)
-    mcfg = model.config
+    mcfg, hf_config = model.config, model.hf_config
     del model
     step_fn = jit_train_step(graphdef, tx, schedule, cfg.train.grad_accum, state_shardings(state),
                              mesh_lib.batch_sharding(mesh), skip_nonfinite=cfg.train.skip_nonfinite,
@@ -189,7 +215,7 @@ def train(cfg: Config) -> TrainResult:
       _truncate_metrics(cfg.run.dir, done[0])
       if is_main:
         print(f"resumed from {ckpt_lib.checkpoint_dir(cfg.run.dir)}/{done[0]}", flush=True)
-    _write_run_files(cfg, tokenizer, model_dir)
+    _write_run_files(cfg, tokenizer, model_dir, hf_config)
     evaluate = None
     if cfg.train.eval_every > 0:
       from jaxtune.train.evaluate import make_evaluator

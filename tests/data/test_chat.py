@@ -125,12 +125,53 @@ def test_load_tokenizer_template_resolution(tmp_path):
   with pytest.raises(ValueError, match="data.chat_template"):
     chat.load_tokenizer(path)
   tok = chat.load_tokenizer(path, "llama3")
-  assert tok.chat_template == templates.LLAMA3
-  with pytest.raises(ValueError, match="<\\|im_start\\|>"):
-    chat.load_tokenizer(path, "chatml")  # the llama3 tokenizer lacks chatml's special tokens
+  assert tok.chat_template == templates.LLAMA3 and tok.jaxtune_added_tokens == {}
   jinja = tmp_path / "t.jinja"
   jinja.write_text(templates.LLAMA3)
   assert chat.load_tokenizer(path, str(jinja)).chat_template == templates.LLAMA3
+
+
+def test_template_special_tokens_found_in_the_text():
+  assert chat.template_special_tokens(templates.CHATML) == ["<|im_start|>", "<|im_end|>"]
+  assert chat.template_special_tokens(templates.LLAMA3) == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+  gemma = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+  assert chat.template_special_tokens(gemma) == ["<start_of_turn>", "<end_of_turn>"]
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["builtin", "jinja"])
+def test_missing_template_tokens_are_added(tmp_path, as_file, caplog):
+  path, base = make_tokenizer(str(tmp_path), "llama3", chat_template="")  # lacks chatml's tokens
+  n = len(base)
+  if as_file:
+    (tmp_path / "chatml.jinja").write_text(templates.CHATML)
+  name = str(tmp_path / "chatml.jinja") if as_file else "chatml"
+  with caplog.at_level("WARNING"):
+    tok = chat.load_tokenizer(path, name)
+  assert tok.jaxtune_added_tokens == {"<|im_start|>": n, "<|im_end|>": n + 1} and len(tok) == n + 2
+  assert "<|im_start|>=%d" % n in caplog.text and "<|im_end|>=%d" % (n + 1) in caplog.text
+  assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|finetune_right_pad_id|>"  # pad kept
+  assert tok.bos_token == "<|begin_of_text|>"  # chatml renders no bos: unchanged
+  ids, mask = chat.tokenize_messages(CONV, tok)
+  assert trained_texts(tok, ids, mask) == EXPECTED["chatml"]
+  assert (ids == n).sum() == 7 and (ids == n + 1).sum() == 7  # one start / end per message, single tokens
+  tok.save_pretrained(str(tmp_path / "saved"))
+  again = chat.load_tokenizer(str(tmp_path / "saved"))
+  assert len(again) == n + 2 and again.eos_token == "<|im_end|>" and again.chat_template == templates.CHATML
+  np.testing.assert_array_equal(chat.tokenize_messages(CONV, again)[0], ids)
+
+
+def test_added_tokens_set_bos_and_pad_when_unset(tmp_path):
+  path, base = make_tokenizer(str(tmp_path), "chatml", chat_template="")  # no bos, lacks llama3's tokens
+  tok = chat.load_tokenizer(path, "llama3")
+  n = len(base)
+  assert list(tok.jaxtune_added_tokens.items()) == [("<|begin_of_text|>", n), ("<|start_header_id|>", n + 1),
+                                                    ("<|end_header_id|>", n + 2), ("<|eot_id|>", n + 3)]
+  assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|begin_of_text|>", "<|eot_id|>", "<|endoftext|>")
+  ids, mask = chat.tokenize_messages(CONV, tok)
+  assert ids[0] == n and trained_texts(tok, ids, mask) == EXPECTED["llama3"]
+  _, t = make_tokenizer(str(tmp_path / "np"), "chatml", chat_template="")
+  t.pad_token = None
+  assert chat.add_template_tokens(t, templates.LLAMA3) and t.pad_token == t.eos_token == "<|eot_id|>"
 
 
 # Patterns of real templates, written here: a default system prompt when none is

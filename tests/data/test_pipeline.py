@@ -203,3 +203,62 @@ def test_worker_processes_resume_identically(data40, chatml_tok):
   assert_batches_equal(take(again, 4), expected)
   full = {e for b in p.one_pass() for e in examples_of(b)}
   assert {e for b in expected for e in examples_of(b)} <= full
+
+
+def held_out_split(c, tok, seed=0):
+  return {s: build_pipeline(c, tok, batch_size=2, seed=seed, split=s) for s in ("train", "eval")}
+
+
+def test_eval_fraction_holds_out_a_seeded_disjoint_part(data40, chatml_tok):
+  full = set(store_examples(build_pipeline(cfg(data40), chatml_tok, batch_size=2, seed=0).store))
+  p = held_out_split(cfg(data40, eval_fraction=0.25), chatml_tok)
+  train, ev = (store_examples(p[s].store) for s in ("train", "eval"))
+  assert len(ev) == 10 and len(train) == 30  # round(0.25 * 40)
+  assert not set(train) & set(ev) and set(train) | set(ev) == full
+  for s, other in (("train", 10), ("eval", 30)):
+    st = p[s].stats
+    assert st.examples == len(p[s].store) and st.held_out == other and st.records == st.examples + other + st.dropped
+    assert st.tokens == int(p[s].store.lengths.sum()) and st.sources[0]["examples"] == st.examples
+  assert sorted(e for b in p["eval"].one_pass() for e in examples_of(b)) == sorted(ev)
+  assert sum(int(b["loss_mask"].sum()) for b in p["eval"].one_pass()) == p["eval"].stats.loss_tokens
+  assert not {e for b in take(p["train"].iterator(), 30) for e in examples_of(b)} & set(ev)  # 2+ epochs
+  # deterministic, independent of train.seed; data.eval_seed picks another part
+  again = held_out_split(cfg(data40, eval_fraction=0.25), chatml_tok, seed=5)
+  assert store_examples(again["eval"].store) == ev
+  other = held_out_split(cfg(data40, eval_fraction=0.25, eval_seed=1), chatml_tok)
+  assert len(other["eval"].store) == 10 and set(store_examples(other["eval"].store)) != set(ev)
+
+
+def test_eval_fraction_per_source_and_tokenized_once(tmp_path, chatml_tok, monkeypatch):
+  a = write_jsonl(tmp_path / "a.jsonl", [conv(i) for i in range(30)])
+  b = write_jsonl(tmp_path / "b.jsonl", [conv(100 + i, system="Source B.") for i in range(7)])
+  one = write_jsonl(tmp_path / "one.jsonl", [conv(200)])
+  c = cfg(SourceCfg(path=a, weight=3.0), SourceCfg(path=b), SourceCfg(path=one), eval_fraction=0.2)
+  train = build_pipeline(c, chatml_tok, batch_size=2, seed=0)
+
+  def boom(*args, **kw):
+    raise AssertionError("tokenized again for the eval split")
+  monkeypatch.setattr("jaxtune.data.chat.encode_batch", boom)
+  ev = build_pipeline(c, chatml_tok, batch_size=2, seed=0, split="eval")
+  assert [s["examples"] for s in ev.stats.sources] == [6, 1, 0]  # round(0.2 n), never a source's last one
+  assert [s["examples"] for s in train.stats.sources] == [24, 6, 1]
+  assert ev.store.source_bounds == (0, 6, 7, 7) and train.store.source_bounds == (0, 24, 30, 31)
+  assert sorted(e for bt in ev.one_pass() for e in examples_of(bt)) == sorted(store_examples(ev.store))
+  assert {e for bt in take(ev.iterator(), 3) for e in examples_of(bt)} <= set(store_examples(ev.store))
+
+
+def test_eval_fraction_config_checks():
+  from jaxtune.config import Config, ConfigError, default_config
+  c = default_config()
+  c.model.path = "m"
+  c.data.train = ({"path": "t.jsonl"},)
+  c.train.eval_every = 10
+  with pytest.raises(ConfigError, match="eval_every"):
+    Config.from_dict(c)
+  c.data.eval_fraction = 0.05
+  assert Config.from_dict(c).data.eval_fraction == 0.05
+  c.data.eval = ({"path": "e.jsonl"},)
+  with pytest.raises(ConfigError, match="one or the other"):
+    Config.from_dict(c)
+  with pytest.raises(ConfigError, match="eval_fraction"):
+    DataCfg(train=(SourceCfg(path="t.jsonl"),), eval_fraction=1.0)

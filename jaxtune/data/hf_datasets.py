@@ -1,0 +1,101 @@
+"""Hugging Face `datasets` sources: `save_to_disk` directories and hub dataset ids.
+
+Both need the optional `datasets` package (`pip install datasets`, or the
+`datasets` extra of jaxtune); every other source works without it.
+
+  a directory holding `dataset_info.json` + `state.json` (a Dataset) or
+  `dataset_dict.json` (a DatasetDict; `split` picks one, default "train") is read
+  with `datasets.load_from_disk` (local or remote, gs://... through fsspec);
+
+  `hf:OWNER/NAME` (or a bare `OWNER/NAME` that is not a local path) is read with
+  `datasets.load_dataset(OWNER/NAME, subset or None, split=split or "train")`,
+  which needs network access the first time (then datasets' own cache).
+
+Rows are read as Arrow batches and converted to Python dicts, like Parquet rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+HUB_PREFIX = "hf:"
+DISK_MARKERS = ("dataset_info.json", "state.json")
+DICT_MARKER = "dataset_dict.json"
+_BATCH = 1024
+
+
+class DatasetsUnavailable(ImportError):
+  """The optional `datasets` package is missing."""
+
+
+def _datasets():
+  try:
+    import datasets
+  except ImportError as e:
+    raise DatasetsUnavailable(
+        "reading Hugging Face datasets (save_to_disk directories, hub dataset ids) needs the optional "
+        "'datasets' package: pip install datasets (or jaxtune[datasets])") from e
+  return datasets
+
+
+def hub_id(path: str) -> str:
+  return path[len(HUB_PREFIX):] if path.startswith(HUB_PREFIX) else path
+
+
+def load(path: str, kind: str, split: str = "", subset: str = ""):
+  """The `datasets.Dataset` of a source: a save_to_disk directory (memory-mapped, read
+  afresh each time) or a hub dataset (memoised in this process: the cache key and
+  the reader share one load)."""
+  ds = _datasets()
+  if kind != "hf_disk":
+    return _load_hub(path, split, subset)
+  try:
+    d = ds.load_from_disk(path)
+  except Exception as e:  # noqa: BLE001 - re-raised with the path and the cause
+    raise ValueError(f"data source {path!r}: datasets.load_from_disk failed: {type(e).__name__}: {e}") from e
+  if subset:
+    raise ValueError(f"data source {path!r}: 'subset' applies to hub datasets only")
+  if isinstance(d, ds.DatasetDict):
+    name = split or "train"
+    if name not in d:
+      raise ValueError(f"data source {path!r} is a DatasetDict without split {name!r}; "
+                       f"its splits: {sorted(d)} (set the source's 'split')")
+    return d[name]
+  if split:
+    raise ValueError(f"data source {path!r} is a single Dataset; it has no split {split!r}")
+  return d
+
+
+@functools.lru_cache(maxsize=8)
+def _load_hub(path: str, split: str, subset: str):
+  ds = _datasets()
+  name = hub_id(path)
+  try:
+    d = ds.load_dataset(name, subset or None, split=split or "train")
+  except Exception as e:  # noqa: BLE001 - offline, unknown id, gated, unknown split, ...
+    raise ValueError(
+        f"data source {path!r}: could not load the Hugging Face hub dataset {name!r} (a path that is no local "
+        f"file or directory and looks like OWNER/NAME is taken for one) "
+        f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets need "
+        "network access (or datasets' local cache); offline, save the dataset with save_to_disk and give "
+        "that directory, or export it to .jsonl/.parquet") from e
+  if not isinstance(d, ds.Dataset):
+    raise ValueError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected a Dataset")
+  return d
+
+
+def rows(path: str, kind: str, split: str = "", subset: str = "") -> Iterator[tuple[int, Any]]:
+  """(index, row dict) of every row of the dataset."""
+  d = load(path, kind, split, subset)
+  i = 0
+  for table in d.with_format("arrow").iter(batch_size=_BATCH):
+    for rec in table.to_pylist():
+      yield i, rec
+      i += 1
+
+
+def fingerprint(path: str, kind: str, split: str = "", subset: str = "") -> str:
+  """datasets' own content fingerprint of the (split of the) dataset."""
+  d = load(path, kind, split, subset)
+  return str(getattr(d, "_fingerprint", "")) or f"{len(d)}"
