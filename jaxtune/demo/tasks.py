@@ -41,7 +41,7 @@ def sort_digits(rng: random.Random) -> tuple[str, str]:
 
 
 def add(rng: random.Random) -> tuple[str, str]:
-  a, b = rng.randint(0, 99), rng.randint(0, 99)
+  a, b = rng.randint(0, 99), rng.randint(0, 9)
   return f"Add: {a}+{b}", str(a + b)
 
 
