@@ -92,21 +92,26 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_generate(argv: list[str]) -> int:
-  p = argparse.ArgumentParser(prog="jaxtune generate", description="Chat-templated greedy generation.")
+  p = argparse.ArgumentParser(prog="jaxtune generate",
+                              description="Chat-templated generation (greedy, or sampled with --temperature > 0).")
   p.add_argument("--model", required=True, help="HF model dir or jaxtune run dir")
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument("--prompt")
   g.add_argument("--prompts", help="JSONL file, one {\"prompt\": ...} or {\"messages\": [...]} per line")
   p.add_argument("--system", default=None)
   p.add_argument("--max-new-tokens", type=int, default=128)
-  p.add_argument("--temperature", type=float, default=0.0)
-  p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+  p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", action="store_true",
+                 help="one JSON object per prompt: prompt, completion, completion_ids")
   a = p.parse_args(argv)
-  if a.temperature != 0.0:
-    raise SystemExit("error: only greedy decoding (--temperature 0) is implemented so far")
+  if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0:
+    raise SystemExit("error: need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
   import jaxtune
   from jaxtune.data.chat import load_tokenizer
-  from jaxtune.generate import greedy_generate
+  from jaxtune.generate import generate
 
   if os.path.exists(os.path.join(a.model, "checkpoints")):
     from jaxtune.export import restore_model
@@ -127,12 +132,14 @@ def cmd_generate(argv: list[str]) -> int:
           prompts.append(rec["messages"] if "messages" in rec else [{"role": "user", "content": rec["prompt"]}])
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
-  outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens)
-  for conv, text in zip(prompts, outs):
+  outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                  top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+  for conv, out in zip(prompts, outs):
     if a.json:
-      print(json.dumps({"prompt": conv[-1]["content"], "completion": text}))
+      print(json.dumps({"prompt": conv[-1]["content"], "completion": out["completion"],
+                        "completion_ids": out["completion_ids"]}))
     else:
-      print(f">>> {conv[-1]['content']}\n{text}\n")
+      print(f">>> {conv[-1]['content']}\n{out['completion']}\n")
   return 0
 
 

@@ -1,11 +1,17 @@
-"""Batched greedy decoding of chat prompts.
+"""Batched decoding of chat prompts with a preallocated KV cache.
 
-Prompts are rendered with the tokenizer's chat template, left-padded into one
-fixed [B, T] buffer (T = padded prompt length + max_new_tokens) and decoded
-inside a single jitted `lax.while_loop`: every step recomputes the forward over
-the whole buffer and writes the argmax at the next column. Padding is its own
+Prompts are rendered with the tokenizer's chat template and left-padded into a
+[B, L] block, L one of a few fixed buckets (powers of two from 32), so prompts
+of similar length share a compilation. A jitted prefill writes the block into a
+KV cache of L + (max_new_tokens rounded up to 32) slots; a jitted
+`lax.while_loop` then writes one token per step into the cache and stops when
+every row has produced a stop token (or max_new_tokens). Padding is its own
 segment (id 0) and positions restart at each row's first real token, so a
 row's tokens do not depend on what else is in the batch.
+
+Sampling: temperature 0 is greedy (argmax); otherwise logits / temperature are
+filtered to the top_k (0 = all) most likely tokens, then to the smallest set
+whose probability reaches top_p, and sampled with a key derived from `seed`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from flax import nnx
 
 from jaxtune.data.templates import END_OF_TURN
 
-_LEN_MULTIPLE = 32  # prompt lengths are padded up to this, to share compilations
+_MIN_BUCKET = 32  # smallest prompt-length bucket; buckets are powers of two from here
+_NEW_MULTIPLE = 32  # cache room for new tokens is rounded up to this
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -38,6 +45,11 @@ def encode_prompts(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[l
     text = tokenizer.apply_chat_template(list(conv), add_generation_prompt=True, tokenize=False)
     out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
   return out
+
+
+def length_bucket(n: int) -> int:
+  """The padded prompt length for a longest prompt of n tokens."""
+  return max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length())
 
 
 def left_pad(prompts: Sequence[Sequence[int]], rows: int, length: int, total: int, pad_id: int):
@@ -59,49 +71,89 @@ def left_pad(prompts: Sequence[Sequence[int]], rows: int, length: int, total: in
   return ids, seg, pos, done
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _decode(graphdef, state, ids_BxT, seg_BxT, pos_BxT, done_B, start, stop_ids_S, pad_id):
-  """Greedy tokens written at columns start..T-1; finished rows get `pad_id`."""
+def sample_tokens(logits_BV: jax.Array, key: jax.Array, temperature, top_p, top_k) -> jax.Array:
+  """int32 tokens [B]: argmax when temperature <= 0, else top-k / top-p filtered sampling."""
+
+  def greedy(_):
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+  def sample(_):
+    V = logits_BV.shape[-1]
+    x_BV = logits_BV.astype(jnp.float32) / temperature
+    sorted_BV = -jnp.sort(-x_BV, axis=-1)  # descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+    kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
+    x_BV = jnp.where(x_BV < kth_B1, -jnp.inf, x_BV)
+    sorted_BV = jnp.where(jnp.arange(V)[None] < k, sorted_BV, -jnp.inf)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the most likely token always stays
+    thresh_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    x_BV = jnp.where(x_BV < thresh_B1, -jnp.inf, x_BV)
+    return jax.random.categorical(key, x_BV, axis=-1).astype(jnp.int32)
+
+  return jax.lax.cond(temperature > 0, sample, greedy, None)
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _prefill(graphdef, state, ids_BL, seg_BL, pos_BL, cache_len: int):
+  """Writes the left-padded prompts into a fresh cache; returns (last-column logits [B, V], cache)."""
   model = nnx.merge(graphdef, state)
-  T = ids_BxT.shape[1]
+  B, L = ids_BL.shape
+  cache = model.init_cache(B, cache_len)
+  h_BLD, cache = model.decode_hidden(ids_BL, pos_BL, cache, 0, segment_ids=seg_BL)
+  return model.logits_from_hidden(h_BLD[:, -1:])[:, 0], cache
+
+
+@partial(jax.jit, static_argnums=(0, 14))
+def _decode_loop(graphdef, state, cache, logits_BV, next_pos_B, done_B, start, max_new, stop_ids_S, pad_id, key,
+                 temperature, top_p, top_k, new_cap: int):
+  """Tokens [B, new_cap] sampled one per step from the cache (columns start..); finished rows get `pad_id`."""
+  model = nnx.merge(graphdef, state)
+  B = logits_BV.shape[0]
+  out_BN = jnp.full((B, new_cap), pad_id, jnp.int32)
 
   def cond(carry):
-    col, _, done = carry
-    return (col < T) & ~jnp.all(done)
+    i, _, _, done, _ = carry
+    return (i < max_new) & ~jnp.all(done)
 
   def body(carry):
-    col, ids, done = carry
-    logits_BxTxV = model(ids, positions=pos_BxT, segment_ids=seg_BxT)
-    last_BxV = jax.lax.dynamic_index_in_dim(logits_BxTxV, col - 1, axis=1, keepdims=False)
-    tok_B = jnp.argmax(last_BxV, axis=-1).astype(jnp.int32)
+    i, logits_BV, cache, done, out_BN = carry
+    tok_B = sample_tokens(logits_BV, jax.random.fold_in(key, i), temperature, top_p, top_k)
     tok_B = jnp.where(done, pad_id, tok_B)
-    ids = jax.lax.dynamic_update_index_in_dim(ids, tok_B, col, axis=1)
+    out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, tok_B, i, axis=1)
     done = done | jnp.isin(tok_B, stop_ids_S)
-    return col + 1, ids, done
+    logits_B1V, cache = model.decode(tok_B[:, None], (next_pos_B + i)[:, None], cache, start + i)
+    return i + 1, logits_B1V[:, 0], cache, done, out_BN
 
-  _, ids_BxT, _ = jax.lax.while_loop(cond, body, (start, ids_BxT, done_B))
-  return ids_BxT
+  carry = (jnp.int32(0), logits_BV, cache, done_B, out_BN)
+  *_, out_BN = jax.lax.while_loop(cond, body, carry)
+  return out_BN
 
 
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
-                 pad_id: int, *, batch_size: int = 64) -> list[list[int]]:
-  """Greedy continuations of token-id prompts, each cut after its first stop token."""
-  if not prompts:
-    return []
+                 pad_id: int, *, batch_size: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = 0) -> list[list[int]]:
+  """Continuations of token-id prompts (greedy at temperature 0), each cut after its first stop token."""
+  if not prompts or max_new_tokens <= 0:
+    return [[] for _ in prompts]
   graphdef, state = nnx.split(model)
-  longest = max(len(p) for p in prompts)
-  length = -(-longest // _LEN_MULTIPLE) * _LEN_MULTIPLE
-  total = length + max_new_tokens
+  length = length_bucket(max(len(p) for p in prompts))
+  new_cap = -(-max_new_tokens // _NEW_MULTIPLE) * _NEW_MULTIPLE
   rows = min(batch_size, 1 << (len(prompts) - 1).bit_length())
   stop_S = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+  base_key = jax.random.PRNGKey(seed)
   out: list[list[int]] = []
-  for i in range(0, len(prompts), rows):
+  for n, i in enumerate(range(0, len(prompts), rows)):
     chunk = prompts[i:i + rows]
-    ids, seg, pos, done = left_pad(chunk, rows, length, total, pad_id)
-    res = np.asarray(_decode(graphdef, state, ids, seg, pos, done, jnp.int32(length), stop_S,
-                             jnp.int32(pad_id)))
+    ids, seg, pos, done = left_pad(chunk, rows, length, length, pad_id)
+    logits_BV, cache = _prefill(graphdef, state, ids, seg, pos, length + new_cap)
+    res = _decode_loop(graphdef, state, cache, logits_BV, jnp.asarray(pos[:, -1] + 1), jnp.asarray(done),
+                       jnp.int32(length), jnp.int32(max_new_tokens), stop_S, jnp.int32(pad_id),
+                       jax.random.fold_in(base_key, n), jnp.float32(temperature), jnp.float32(top_p),
+                       jnp.int32(top_k), new_cap)
+    res = np.asarray(res)
     for b in range(len(chunk)):
-      out.append(_cut(res[b, length:].tolist(), stop_ids))
+      out.append(_cut(res[b, :max_new_tokens].tolist(), stop_ids))
   return out
 
 
@@ -112,11 +164,27 @@ def _cut(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
   return tokens
 
 
+def _pad_id(tokenizer, stop: Sequence[int]) -> int:
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
+
+
+def generate(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+             batch_size: int = 64) -> list[dict]:
+  """Assistant replies to chat conversations: one {"completion", "completion_ids"} per conversation.
+
+  `completion_ids` includes the stop token when one was produced; `completion` is
+  decoded without special tokens.
+  """
+  prompts = encode_prompts(tokenizer, conversations)
+  stop = stop_token_ids(tokenizer)
+  outs = generate_ids(model, prompts, max_new_tokens, stop, _pad_id(tokenizer, stop), batch_size=batch_size,
+                      temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+  return [{"completion": tokenizer.decode(o, skip_special_tokens=True), "completion_ids": o} for o in outs]
+
+
 def greedy_generate(model, tokenizer, conversations: Sequence[Sequence[dict]], max_new_tokens: int,
                     *, batch_size: int = 64) -> list[str]:
   """Greedy assistant replies to chat conversations, decoded without special tokens."""
-  prompts = encode_prompts(tokenizer, conversations)
-  stop = stop_token_ids(tokenizer)
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
-  outs = generate_ids(model, prompts, max_new_tokens, stop, pad_id, batch_size=batch_size)
-  return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+  outs = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+  return [o["completion"] for o in outs]

@@ -30,15 +30,31 @@ def attention_mask(segment_ids_BT: jax.Array | None, T: int, window: int | None)
   return mask
 
 
-def softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, *, scale: float, softcap: float) -> jax.Array:
-  """Causal attention with tanh-softcapped logits; softmax in float32."""
+def cache_mask(q_seg_BT, q_pos_BT, q_col_T, k_seg_BS, k_pos_BS, window: int | None) -> jax.Array:
+  """Boolean [B, 1, T, S] mask of queries at cache columns `q_col_T` over a KV cache.
+
+  A query sees a cache slot when both are in the same segment (0 = padding or
+  not yet written), the slot is not later than the query, and, on sliding
+  layers, the slot's position is within the window of the query's.
+  """
+  S = k_seg_BS.shape[1]
+  mask = q_seg_BT[:, :, None] == k_seg_BS[:, None, :]
+  mask = mask & (jnp.arange(S)[None, None, :] <= q_col_T[None, :, None])
+  if window is not None:
+    mask = mask & (q_pos_BT[:, :, None] - k_pos_BS[:, None, :] < window)
+  return mask[:, None]
+
+
+def softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, *, scale: float, softcap: float,
+                         causal: bool = True) -> jax.Array:
+  """Attention with tanh-softcapped logits (causal unless `causal=False`); softmax in float32."""
   B, T, N, H = q_BTNH.shape
   K = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
   logits_BKGTS = jnp.tanh(logits_BKGTS / softcap) * softcap
   S = k_BSKH.shape[1]
-  allowed = jnp.tril(jnp.ones((T, S), dtype=bool))[None, None, None]
+  allowed = jnp.tril(jnp.ones((T, S), dtype=bool))[None, None, None] if causal else jnp.ones((1, 1, 1, T, S), bool)
   if mask is not None:
     allowed = allowed & mask[:, :, None]  # [B|1, 1, 1, T, S]
   logits_BKGTS = jnp.where(allowed, logits_BKGTS, jnp.finfo(jnp.float32).min)
@@ -71,7 +87,8 @@ class Attention(nnx.Module):
     self.softcap = cfg.attn_logit_softcap
     self.attention_impl = attention_impl
 
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
+  def _qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+    """Projected, normed and rotated q [B,T,N,H], k and v [B,T,K,H]."""
     B, T, _ = x_BTD.shape
     q_BTNH = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
     k_BTKH = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
@@ -81,10 +98,35 @@ class Attention(nnx.Module):
     inv_freq = rope_inv_freq(self.rope, self.head_dim)
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
-    mask = attention_mask(segment_ids_BT, T, self.window)
+    return q_BTNH, k_BTKH, v_BTKH
+
+  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask, *, causal: bool) -> jax.Array:
+    """Attention output projected back to [B, T, D]."""
+    B, T = q_BTNH.shape[:2]
     if self.softcap is not None:
-      out_BTNH = softcapped_attention(q_BTNH, k_BTKH, v_BTKH, mask, scale=self.scale, softcap=self.softcap)
+      out_BTNH = softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, scale=self.scale, softcap=self.softcap,
+                                      causal=causal)
     else:
-      out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask, scale=self.scale, is_causal=True,
+      out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask, scale=self.scale, is_causal=causal,
                                               implementation=self.attention_impl)
     return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
+
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
+    q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, positions_BT)
+    mask = attention_mask(segment_ids_BT, x_BTD.shape[1], self.window)
+    return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, causal=True)
+
+  def decode(self, x_BtD: jax.Array, positions_Bt: jax.Array, segment_ids_Bt: jax.Array, k_BSKH: jax.Array,
+             v_BSKH: jax.Array, cache_seg_BS: jax.Array, cache_pos_BS: jax.Array, index: jax.Array):
+    """Attention of a block of t tokens written into the KV cache at columns index..index+t-1.
+
+    `cache_seg_BS` / `cache_pos_BS` already include the block. Returns (out [B,t,D], k, v).
+    """
+    t = x_BtD.shape[1]
+    q_BtNH, k_BtKH, v_BtKH = self._qkv(x_BtD, positions_Bt)
+    k_BSKH = jax.lax.dynamic_update_slice_in_dim(k_BSKH, k_BtKH.astype(k_BSKH.dtype), index, axis=1)
+    v_BSKH = jax.lax.dynamic_update_slice_in_dim(v_BSKH, v_BtKH.astype(v_BSKH.dtype), index, axis=1)
+    q_col_t = index + jnp.arange(t, dtype=jnp.int32)
+    mask = cache_mask(segment_ids_Bt, positions_Bt, q_col_t, cache_seg_BS, cache_pos_BS, self.window)
+    out_BtD = self._attend(q_BtNH, k_BSKH.astype(q_BtNH.dtype), v_BSKH.astype(q_BtNH.dtype), mask, causal=False)
+    return out_BtD, k_BSKH, v_BSKH

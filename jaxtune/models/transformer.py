@@ -48,6 +48,15 @@ class DecoderLayer(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
     attn_BTD = self.self_attn(self.input_layernorm(x_BTD), positions_BT, segment_ids_BT)
+    return self._residual(x_BTD, attn_BTD)
+
+  def decode(self, x_BtD, positions_Bt, segment_ids_Bt, k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index):
+    """`__call__` for a block of tokens over a KV cache; returns (x, k, v)."""
+    attn_BtD, k_BSKH, v_BSKH = self.self_attn.decode(self.input_layernorm(x_BtD), positions_Bt, segment_ids_Bt,
+                                                     k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index)
+    return self._residual(x_BtD, attn_BtD), k_BSKH, v_BSKH
+
+  def _residual(self, x_BTD: jax.Array, attn_BTD: jax.Array) -> jax.Array:
     if self.pre_feedforward_layernorm is None:
       h_BTD = x_BTD + attn_BTD
       return h_BTD + self.mlp(self.post_attention_layernorm(h_BTD))
@@ -103,15 +112,18 @@ class CausalLM(nnx.Module):
   def hf_config(self, value: dict[str, Any] | None) -> None:
     self._hf_config_json = None if value is None else json.dumps(value, sort_keys=True)
 
+  def _embed(self, input_ids: jax.Array) -> jax.Array:
+    x_BTD = self.model.embed_tokens(input_ids)
+    if self.config.scale_embeddings:
+      x_BTD = x_BTD * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
+    return x_BTD
+
   def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
                     segment_ids: jax.Array | None = None) -> jax.Array:
     """Final-normed hidden states [B, T, D] in the compute dtype."""
     B, T = input_ids.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)) if positions is None else positions
-    x_BTD = self.model.embed_tokens(input_ids)
-    if self.config.scale_embeddings:
-      x_BTD = x_BTD * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
-    x_BTD = constrain(x_BTD, ACT)
+    x_BTD = constrain(self._embed(input_ids), ACT)
     for layer in self.model.layers:
       x_BTD = constrain(_run_layer(layer, self.remat, x_BTD, positions_BT, segment_ids), ACT)
     return constrain(self.model.norm(x_BTD), ACT)
@@ -131,6 +143,44 @@ class CausalLM(nnx.Module):
   def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> jax.Array:
     return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids))
+
+  # -- KV-cache decoding -----------------------------------------------------
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, Any]:
+    """An empty KV cache: per-layer k/v [B, S, K, H], and per-slot segment ids (0 = empty) and positions [B, S]."""
+    cfg = self.config
+    dtype = self.dtype if dtype is None else dtype
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+            "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+            "positions": jnp.zeros((batch, max_len), jnp.int32)}
+
+  def decode_hidden(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,
+                    segment_ids: jax.Array | None = None):
+    """Final-normed hidden states [B, t, D] of a block of t tokens written into `cache` at columns
+    cache_index..cache_index+t-1, and the new cache. Tokens attend to same-segment earlier slots
+    (segment_ids default to 1; 0 marks padding that nothing else attends to)."""
+    B, t = input_ids.shape
+    seg_Bt = jnp.ones((B, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    pos_Bt = positions.astype(jnp.int32)
+    index = jnp.asarray(cache_index, jnp.int32)
+    cache_seg_BS = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], seg_Bt, index, axis=1)
+    cache_pos_BS = jax.lax.dynamic_update_slice_in_dim(cache["positions"], pos_Bt, index, axis=1)
+    x_BtD = self._embed(input_ids)
+    ks, vs = [], []
+    for layer, k_BSKH, v_BSKH in zip(self.model.layers, cache["k"], cache["v"]):
+      x_BtD, k_BSKH, v_BSKH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index)
+      ks.append(k_BSKH)
+      vs.append(v_BSKH)
+    new_cache = {"k": ks, "v": vs, "segment_ids": cache_seg_BS, "positions": cache_pos_BS}
+    return self.model.norm(x_BtD), new_cache
+
+  def decode(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,
+             segment_ids: jax.Array | None = None):
+    """float32 logits [B, t, V] of a block written into the KV cache (prefill: a prompt; decode: one token),
+    and the new cache. See `decode_hidden`."""
+    h_BtD, new_cache = self.decode_hidden(input_ids, positions, cache, cache_index, segment_ids)
+    return self.logits_from_hidden(h_BtD), new_cache
 
 
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
