@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers.cli import chat_records, jaxtune
+from tests.helpers.cli import ROOT, chat_records, jaxtune
 from tests.helpers.hf_models import make_tiny_hf
 from tests.helpers.tokenizers import make_tokenizer
 
@@ -27,23 +27,24 @@ def setup(tmp_path_factory):
 
 def test_train_resume_export_reload(setup):
   tmp, model_dir, data = setup
-  run = str(tmp / "run")
+  run_abs = str(tmp / "run")
+  run = os.path.relpath(run_abs, ROOT)  # the CLI gets a relative run dir, as users type it (it runs in ROOT)
   cfg = f"--config=configs/tiny.py:{model_dir},{data}"
   p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=6", "--config.checkpoint.every=3",
               "--config.train.eval_every=3", f"--config.data.eval=('{data}',)")
   assert "dropped 2" in p.stdout, p.stdout
-  rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+  rows = [json.loads(l) for l in open(os.path.join(run_abs, "metrics.jsonl"))]
   assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(rows[-1])
   evals = [r for r in rows if "eval_loss" in r]
   assert [r["step"] for r in evals] == [3, 6] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tensorboard")))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_abs, "tensorboard")))
   assert rows[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in rows)
-  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
+  assert sorted(os.listdir(os.path.join(run_abs, "checkpoints"))) == ["3", "6"]
 
   # Same command with more steps resumes from step 6.
   p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=8", "--config.checkpoint.every=3")
   assert "resumed" in p.stdout, p.stdout
-  rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+  rows = [json.loads(l) for l in open(os.path.join(run_abs, "metrics.jsonl"))]
   assert rows[-1]["step"] == 8
 
   out = str(tmp / "hf")
@@ -60,7 +61,7 @@ def test_train_resume_export_reload(setup):
   ids = np.asarray([ids], np.int32)
   with torch.no_grad():
     ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
-  model, _, step = restore_model(run)
+  model, _, step = restore_model(run_abs)
   assert step == 8
   got = np.asarray(model(ids))
   assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5

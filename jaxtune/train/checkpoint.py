@@ -26,6 +26,9 @@ _FINAL_MARKER = "_CHECKPOINT_METADATA"
 
 
 def checkpoint_dir(run_dir: str) -> str:
+  """RUN_DIR/checkpoints; a local run dir is made absolute (Orbax refuses relative paths)."""
+  if "://" not in run_dir:
+    run_dir = os.path.abspath(run_dir)
   return os.path.join(run_dir, "checkpoints")
 
 
