@@ -61,7 +61,8 @@ def model_config():
 
 def spec(demo_cfg) -> dict[str, Any]:
   """What a cache directory was built from; a different spec means a rebuild."""
-  return {"version": VERSION, "seed": SEED, "model": MODEL,
+  from jaxtune.demo.tasks import TRAIN_MIX
+  return {"version": VERSION, "seed": SEED, "model": MODEL, "train_mix": TRAIN_MIX,
           "train_examples": int(demo_cfg.train_examples), "heldout_examples": int(demo_cfg.heldout_examples)}
 
 

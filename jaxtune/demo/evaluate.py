@@ -105,6 +105,7 @@ def report_after(cfg, model, tokenizer, export_dir, *, log=print) -> float:
     log(line)
   _save(cfg, "after", r)
   if export_dir:
+    export_dir = os.path.abspath(export_dir)
     log(f"[demo] tuned model exported to {export_dir}")
     log(f"[demo] try it: jaxtune generate --model {export_dir} --prompt 'Reverse: jaxtune'")
   return r.accuracy

@@ -63,6 +63,9 @@ TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "length": length,
 }
 
+# Share of each kind in the train split: the slower-learnt kinds get more.
+TRAIN_MIX = {"reverse": 1.5, "sort": 1.0, "add": 2.0, "upper": 1.0, "length": 0.5}
+
 # Every character a task prompt or answer can contain.
 CHARSET = "".join(sorted(set(
     string.ascii_letters + string.digits + " :+")))
@@ -73,24 +76,31 @@ def record(prompt: str, answer: str) -> Record:
                        {"role": "assistant", "content": answer}]}
 
 
-def _stream(seed: int) -> Iterator[tuple[str, str]]:
-  """Round-robin over the task kinds, forever, from one seeded generator."""
+def _stream(seed: int, mix: dict[str, float] | None = None) -> Iterator[tuple[str, str]]:
+  """Task examples forever from one seeded generator: round-robin over the
+  kinds, or kinds drawn with the weights of `mix`."""
   rng = random.Random(seed)
-  fns = list(TASKS.values())
+  names = list(TASKS)
   while True:
-    for fn in fns:
-      yield fn(rng)
+    if mix is None:
+      for name in names:
+        yield TASKS[name](rng)
+    else:
+      name = rng.choices(names, weights=[mix[n] for n in names])[0]
+      yield TASKS[name](rng)
 
 
-def make_splits(n_train: int, n_heldout: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
-  """(train, heldout): held-out prompts are unique and absent from train."""
+def make_splits(n_train: int, n_heldout: int, seed: int = 0,
+                mix: dict[str, float] | None = None) -> tuple[list[Record], list[Record]]:
+  """(train, heldout): held-out prompts are unique, balanced over the kinds and
+  absent from train; train kinds follow `mix` (default TRAIN_MIX)."""
   stream = _stream(seed)
   heldout: dict[str, str] = {}
   while len(heldout) < n_heldout:
     prompt, answer = next(stream)
     heldout.setdefault(prompt, answer)
   train: list[Record] = []
-  for prompt, answer in _stream(seed + 1):
+  for prompt, answer in _stream(seed + 1, TRAIN_MIX if mix is None else mix):
     if len(train) >= n_train:
       break
     if prompt not in heldout:

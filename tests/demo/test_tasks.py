@@ -59,3 +59,13 @@ def test_jsonl_round_trip(tmp_path):
   path = str(tmp_path / "t.jsonl")
   tasks.write_jsonl(train, path)
   assert tasks.read_jsonl(path) == train
+
+
+def test_train_mix_and_balanced_heldout():
+  from collections import Counter
+  train, heldout = tasks.make_splits(5000, 100)
+  got = Counter(tasks.kind_of(r["messages"][0]["content"]) for r in train)
+  total = sum(tasks.TRAIN_MIX.values())
+  for kind, w in tasks.TRAIN_MIX.items():
+    assert abs(got[kind] / 5000 - w / total) < 0.03, (kind, got)
+  assert set(Counter(tasks.kind_of(r["messages"][0]["content"]) for r in heldout).values()) == {20}
