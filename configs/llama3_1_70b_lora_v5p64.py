@@ -22,7 +22,7 @@ The model is gated on the Hub: set HF_TOKEN on every worker, or point
 model.path at a local copy.
 """
 
-from jaxtune.config import default_config
+from jaxtune.recipes import hardware_recipe
 
 TOPOLOGY = "v5p-64"
 ACCELERATOR = "v5p"
@@ -30,44 +30,6 @@ CHIPS = 32
 
 
 def get_config():
-  c = default_config()
-  c.model.path = "meta-llama/Llama-3.1-70B-Instruct"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = "full"
-
-  c.lora.rank = 16
-  c.lora.alpha = 32.0
-  c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
-
-  # Read with open() by every process: put the file on a filesystem every worker
-  # mounts at the same path (Filestore/NFS, or a gcsfuse mount of gs://YOUR_BUCKET).
-  c.data.train = ({"path": "/mnt/shared/data/sft_train.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.eval = ({"path": "/mnt/shared/data/sft_eval.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.seq_len = 4096
-  c.data.packing = True
-  c.data.mask = "assistant"
-
-  c.train.batch_size = 32  # rows; a multiple of mesh.data * mesh.fsdp = 32
-  c.train.grad_accum = 1
-  c.train.steps = 1000
-  c.train.eval_every = 200
-  c.train.log_every = 10
-
-  c.optim.lr = 1e-4  # adapters take a larger rate than full fine-tuning
-  c.optim.warmup_steps = 50
-  c.optim.schedule = "cosine"
-  c.optim.min_lr_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 1.0
-
-  c.mesh.data = 1
-  c.mesh.fsdp = 32
-  c.mesh.tensor = 1
-
-  c.checkpoint.every = 250
-  c.checkpoint.keep = 2
-  c.checkpoint.async_save = True
-  # Every process writes its own shards: the run dir must be shared by all workers.
-  c.run.dir = "/mnt/shared/runs/llama3_1_70b_lora_v5p64"
-  return c
+  # Adapters take a larger learning rate than full fine-tuning.
+  return hardware_recipe("meta-llama/Llama-3.1-70B-Instruct", "llama3_1_70b_lora_v5p64", fsdp=32,
+                         batch_size=32, lora_rank=16, lr=1e-4, steps=1000)

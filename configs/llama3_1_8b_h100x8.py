@@ -20,7 +20,7 @@ logits) = about 46 GB of 80 GB.
 The model is gated on the Hub: set HF_TOKEN, or point model.path at a local copy.
 """
 
-from jaxtune.config import default_config
+from jaxtune.recipes import hardware_recipe
 
 TOPOLOGY = "8xH100"
 ACCELERATOR = "h100"
@@ -28,38 +28,7 @@ CHIPS = 8
 
 
 def get_config():
-  c = default_config()
-  c.model.path = "meta-llama/Llama-3.1-8B-Instruct"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = "full"
-
-  # Local JSONL (OpenAI messages); on several nodes, a path every node sees.
-  c.data.train = ({"path": "data/sft_train.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.eval = ({"path": "data/sft_eval.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.seq_len = 4096
-  c.data.packing = True
-  c.data.mask = "assistant"
-
-  c.train.batch_size = 32  # rows; batch_size / grad_accum must be a multiple of mesh.data * mesh.fsdp = 8
-  c.train.grad_accum = 2
-  c.train.steps = 2000
-  c.train.eval_every = 200
-  c.train.log_every = 10
-
-  c.optim.lr = 1e-5
-  c.optim.warmup_steps = 100
-  c.optim.schedule = "cosine"
-  c.optim.min_lr_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 1.0
-
-  c.mesh.data = 1
-  c.mesh.fsdp = 8
-  c.mesh.tensor = 1
-
-  c.checkpoint.every = 500
-  c.checkpoint.keep = 2
-  c.checkpoint.async_save = True
-  c.run.dir = "runs/llama3_1_8b_h100x8"
-  return c
+  # root="": data/sft_{train,eval}.jsonl and runs/ under the working directory; on several nodes,
+  # a root every node mounts.
+  return hardware_recipe("meta-llama/Llama-3.1-8B-Instruct", "llama3_1_8b_h100x8", fsdp=8, batch_size=32,
+                         grad_accum=2, lr=1e-5, root="")

@@ -22,7 +22,7 @@ The model is gated on the Hub: set HF_TOKEN on every worker, or point
 model.path at a local copy.
 """
 
-from jaxtune.config import default_config
+from jaxtune.recipes import hardware_recipe
 
 TOPOLOGY = "v5p-32"
 ACCELERATOR = "v5p"
@@ -30,40 +30,5 @@ CHIPS = 16
 
 
 def get_config():
-  c = default_config()
-  c.model.path = "meta-llama/Llama-3.1-8B-Instruct"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = "full"
-
-  # Read with open() by every process: put the file on a filesystem every worker
-  # mounts at the same path (Filestore/NFS, or a gcsfuse mount of gs://YOUR_BUCKET).
-  c.data.train = ({"path": "/mnt/shared/data/sft_train.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.eval = ({"path": "/mnt/shared/data/sft_eval.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.seq_len = 4096
-  c.data.packing = True
-  c.data.mask = "assistant"
-
-  c.train.batch_size = 64  # rows of seq_len tokens; a multiple of mesh.data * mesh.fsdp = 16
-  c.train.grad_accum = 1
-  c.train.steps = 2000
-  c.train.eval_every = 200
-  c.train.log_every = 10
-
-  c.optim.lr = 1e-5
-  c.optim.warmup_steps = 100
-  c.optim.schedule = "cosine"
-  c.optim.min_lr_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 1.0
-
-  c.mesh.data = 1
-  c.mesh.fsdp = 16
-  c.mesh.tensor = 1
-
-  c.checkpoint.every = 500
-  c.checkpoint.keep = 2
-  c.checkpoint.async_save = True
-  # Every process writes its own shards: the run dir must be shared by all workers.
-  c.run.dir = "/mnt/shared/runs/llama3_1_8b_v5p32"
-  return c
+  return hardware_recipe("meta-llama/Llama-3.1-8B-Instruct", "llama3_1_8b_v5p32", fsdp=16, batch_size=64,
+                         lr=1e-5)

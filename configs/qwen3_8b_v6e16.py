@@ -18,7 +18,7 @@ the 152k vocabulary) = about 24 GB of 32 GB, the tightest of the recipes. Qwen3 
 blocks can be long: raise seq_len only with fewer rows per micro-step.
 """
 
-from jaxtune.config import default_config
+from jaxtune.recipes import hardware_recipe
 
 TOPOLOGY = "v6e-16"
 ACCELERATOR = "v6e"
@@ -26,40 +26,4 @@ CHIPS = 16
 
 
 def get_config():
-  c = default_config()
-  c.model.path = "Qwen/Qwen3-8B"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = "full"
-
-  # Read with open() by every process: put the file on a filesystem every worker
-  # mounts at the same path (Filestore/NFS, or a gcsfuse mount of gs://YOUR_BUCKET).
-  c.data.train = ({"path": "/mnt/shared/data/sft_train.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.eval = ({"path": "/mnt/shared/data/sft_eval.jsonl", "format": "messages", "weight": 1.0},)
-  c.data.seq_len = 4096
-  c.data.packing = True
-  c.data.mask = "assistant"
-
-  c.train.batch_size = 64  # rows; batch_size / grad_accum must be a multiple of mesh.data * mesh.fsdp = 16
-  c.train.grad_accum = 4
-  c.train.steps = 2000
-  c.train.eval_every = 200
-  c.train.log_every = 10
-
-  c.optim.lr = 1e-5
-  c.optim.warmup_steps = 100
-  c.optim.schedule = "cosine"
-  c.optim.min_lr_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 1.0
-
-  c.mesh.data = 1
-  c.mesh.fsdp = 16
-  c.mesh.tensor = 1
-
-  c.checkpoint.every = 500
-  c.checkpoint.keep = 2
-  c.checkpoint.async_save = True
-  # Every process writes its own shards: the run dir must be shared by all workers.
-  c.run.dir = "/mnt/shared/runs/qwen3_8b_v6e16"
-  return c
+  return hardware_recipe("Qwen/Qwen3-8B", "qwen3_8b_v6e16", fsdp=16, batch_size=64, grad_accum=4, lr=1e-5)

@@ -1,0 +1,88 @@
+"""The shared builder behind the real-hardware recipes in `configs/`.
+
+Each recipe file keeps its hardware constants (`TOPOLOGY`, `ACCELERATOR`,
+`CHIPS`), its docstring (topology, launch, memory estimate) and a `get_config()`
+that calls `hardware_recipe` with only what sets it apart: model, mesh, batch,
+LoRA, learning rate, schedule length. Everything the recipes share (bfloat16
+compute over float32 master weights, full remat, 4096-token packed rows with
+assistant-only loss, cosine schedule, checkpoint cadence, where data and runs
+live) is stated once, here.
+
+It lives in the package, not in `configs/`, because ml-collections loads a
+config file by path from any working directory: `configs/` is not importable,
+while `jaxtune` is installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxtune.config import default_config
+
+ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: int = 1,
+                    batch_size: int, grad_accum: int = 1, lr: float, steps: int = 2000,
+                    warmup_steps: int | None = None, checkpoint_every: int | None = None,
+                    lora_rank: int = 0, lora_alpha: float | None = None,
+                    lora_targets: tuple[str, ...] = ALL_PROJECTIONS, dtype: str = "bfloat16",
+                    param_dtype: str = "float32", remat: str = "full", seq_len: int = 4096,
+                    root: str = "/mnt/shared") -> ml_collections.ConfigDict:
+  """The ConfigDict of a recipe that tunes hub model `model` as run `run`.
+
+  `batch_size` is the global batch in rows of `seq_len` tokens; `batch_size /
+  grad_accum` must be a multiple of `data * fsdp`. `warmup_steps` defaults to
+  5% of `steps` and `checkpoint_every` to a quarter of it. `lora_rank` 0 is a
+  full fine-tune; otherwise adapters of that rank train on `lora_targets`, with
+  `lora_alpha` (default: twice the rank).
+
+  `root` holds `data/sft_{train,eval}.jsonl` and `runs/<run>/`. Every process
+  reads the data with open() and writes its own checkpoint shards, so on a
+  multi-host slice it must be a filesystem every worker mounts at the same path
+  (Filestore/NFS, or a gcsfuse mount of gs://YOUR_BUCKET); "" makes both
+  relative to the working directory (one node).
+  """
+  c = default_config()
+  c.model.path = model
+  c.model.dtype = dtype
+  c.model.param_dtype = param_dtype
+  c.model.remat = remat
+
+  if lora_rank:
+    c.lora.rank = lora_rank
+    c.lora.alpha = 2.0 * lora_rank if lora_alpha is None else float(lora_alpha)
+    c.lora.targets = tuple(lora_targets)
+
+  source = lambda split: {"path": os.path.join(root, "data", f"sft_{split}.jsonl"), "format": "messages",
+                          "weight": 1.0}
+  c.data.train = (source("train"),)
+  c.data.eval = (source("eval"),)
+  c.data.seq_len = seq_len
+  c.data.packing = True
+  c.data.mask = "assistant"
+
+  c.train.batch_size = batch_size
+  c.train.grad_accum = grad_accum
+  c.train.steps = steps
+  c.train.eval_every = 200
+  c.train.log_every = 10
+
+  c.optim.lr = lr
+  c.optim.warmup_steps = steps // 20 if warmup_steps is None else warmup_steps
+  c.optim.schedule = "cosine"
+  c.optim.min_lr_ratio = 0.1
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+
+  c.mesh.data = data
+  c.mesh.fsdp = fsdp
+  c.mesh.tensor = tensor
+
+  c.checkpoint.every = steps // 4 if checkpoint_every is None else checkpoint_every
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+  c.run.dir = os.path.join(root, "runs", run)
+  return c
