@@ -17,6 +17,10 @@ def _load_config(argv: list[str]):
 
   from jaxtune.config import Config
 
+  if "-h" in argv or "--help" in argv:
+    print("usage: jaxtune train --config PATH[:ARG] [--config.KEY=VALUE ...]\n"
+          "  PATH: an ml-collections config file (configs/*.py); keys and defaults: jaxtune/config.py")
+    raise SystemExit(0)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "an ml-collections config file (configs/*.py)",
                                   flag_values=fv, lock_config=True, sys_argv=["jaxtune"] + argv)
@@ -68,7 +72,7 @@ def _train_demo(cfg) -> int:
   out = os.path.join(cfg.run.dir, "hf")
   model = result.model()
   jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
-  after = demo.report_after(cfg, model, result.tokenizer, out)
+  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples)
   print(f"demo: held-out exact match {before:.1%} before -> {after:.1%} after tuning, "
         f"in {time.perf_counter() - t0:.0f}s; tuned model exported to {os.path.abspath(out)}", flush=True)
   return 0
@@ -97,7 +101,8 @@ def cmd_generate(argv: list[str]) -> int:
   p.add_argument("--model", required=True, help="HF model dir or jaxtune run dir")
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument("--prompt")
-  g.add_argument("--prompts", help="JSONL file, one {\"prompt\": ...} or {\"messages\": [...]} per line")
+  g.add_argument("--prompts", help="JSONL file, one {\"prompt\": ...} or {\"messages\": [...]} per line "
+                 "(a trailing assistant turn is dropped)")
   p.add_argument("--system", default=None)
   p.add_argument("--max-new-tokens", type=int, default=128)
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -121,15 +126,11 @@ def cmd_generate(argv: list[str]) -> int:
   else:
     model = jaxtune.load_pretrained(a.model)
     tokenizer = load_tokenizer(a.model)
-  prompts = []
   if a.prompt is not None:
-    prompts.append([{"role": "user", "content": a.prompt}])
-  else:
-    with open(a.prompts, encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          rec = json.loads(line)
-          prompts.append(rec["messages"] if "messages" in rec else [{"role": "user", "content": rec["prompt"]}])
+    prompts = [[{"role": "user", "content": a.prompt}]]
+  else:  # the eval.prompts forms; a bad line is an error naming file:line
+    from jaxtune.train.prompt_eval import read_eval_prompts
+    prompts = [p.messages for p in read_eval_prompts(a.prompts, strict=True)]
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
   outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if argv and argv[0] in ("-h", "--help") else 2
   try:
     return COMMANDS[argv[0]](argv[1:]) or 0
+  except SystemExit:  # --help, usage and config errors: matched before _user_errors() imports jax
+    raise
   except _user_errors() as e:
     if logging.getLogger().isEnabledFor(logging.DEBUG):
       raise

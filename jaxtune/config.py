@@ -17,6 +17,7 @@ MASK_MODES = ("assistant", "last_assistant", "none")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+ATTENTION = ("auto", "xla", "cudnn", "splash")  # jaxtune.models.attention_kernels.IMPLS
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -28,6 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype
   c.model.param_dtype = "float32"  # master weights
   c.model.remat = "none"
+  # attention implementation of the full forward: "auto" picks per platform (GPU: cuDNN where it can run the
+  # layer, else XLA; TPU: the Pallas splash kernel; CPU: XLA); "xla", "cudnn", "splash" force one
+  c.model.attention = "auto"
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0
@@ -77,6 +81,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
+  # Prompts sampled at every eval point (train.eval_every, and the last step): a JSONL (or any data
+  # source form) of conversations with an optional "reference" answer; a trailing assistant turn is the
+  # reference when none is given. Samples go to RUN_DIR/samples.jsonl and TensorBoard, exact match
+  # (when references exist) to metrics.jsonl as eval_exact_match.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.prompts = ""
+  c.eval.max_new_tokens = 0  # 0: the longest reference + 8 tokens (256 when a prompt has no reference)
+  c.eval.temperature = 0.0  # 0: greedy
+  c.eval.batch_size = 64  # prompts decoded together
+  c.eval.log_samples = 8  # samples shown in TensorBoard per eval (samples.jsonl has them all)
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 0  # 0: only the final save
   c.checkpoint.keep = 3
@@ -112,11 +127,13 @@ class ModelCfg:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  attention: str = "auto"
 
   def __post_init__(self):
     _check(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r} not in {DTYPES}")
     _check(self.param_dtype in DTYPES, "model.param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
     _check(self.remat in REMAT, "model.remat", f"{self.remat!r} not in {REMAT}")
+    _check(self.attention in ATTENTION, "model.attention", f"{self.attention!r} not in {ATTENTION}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +230,21 @@ class MeshCfg:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalCfg:
+  prompts: str = ""
+  max_new_tokens: int = 0
+  temperature: float = 0.0
+  batch_size: int = 64
+  log_samples: int = 8
+
+  def __post_init__(self):
+    _check(self.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0")
+    _check(self.temperature >= 0, "eval.temperature", "must be >= 0")
+    _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(self.log_samples >= 0, "eval.log_samples", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointCfg:
   every: int = 0
   keep: int = 3
@@ -242,6 +274,7 @@ class Config:
   train: TrainCfg
   optim: OptimCfg
   mesh: MeshCfg
+  eval: EvalCfg
   checkpoint: CheckpointCfg
   run: RunCfg
   demo: DemoCfg
@@ -255,13 +288,19 @@ class Config:
     parts = {}
     for f in dataclasses.fields(cls):
       sub_cls = {"model": ModelCfg, "lora": LoraCfg, "data": DataCfg, "train": TrainCfg,
-                 "optim": OptimCfg, "mesh": MeshCfg, "checkpoint": CheckpointCfg,
+                 "optim": OptimCfg, "mesh": MeshCfg, "eval": EvalCfg, "checkpoint": CheckpointCfg,
                  "run": RunCfg, "demo": DemoCfg}[f.name]
       parts[f.name] = _build(sub_cls, f.name, dict(d.get(f.name, {})))
     cfg = cls(**parts)
-    _check(cfg.train.eval_every == 0 or bool(cfg.data.eval) or cfg.data.eval_fraction > 0, "train.eval_every",
-           "is set but data.eval has no sources (and data.eval_fraction is 0)")
+    _check(cfg.train.eval_every == 0 or cfg.has_eval_data or bool(cfg.eval.prompts), "train.eval_every",
+           "is set but there is nothing to evaluate: data.eval has no sources, data.eval_fraction is 0 and "
+           "eval.prompts is empty")
     return cfg
+
+  @property
+  def has_eval_data(self) -> bool:
+    """Whether held-out examples exist for eval_loss."""
+    return bool(self.data.eval) or self.data.eval_fraction > 0
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -279,8 +279,9 @@ def convert(record: Any, fmt: str) -> list[dict] | tuple[Any, Any]:
   return arrays["input_ids"], arrays["loss_mask"]
 
 
-def to_messages(record: Any, fmt: str) -> list[dict]:
-  """One record of format `fmt` as validated chat messages."""
+def to_messages(record: Any, fmt: str, *, require_reply: bool = True) -> list[dict]:
+  """One record of format `fmt` as validated chat messages (with an assistant reply
+  unless `require_reply` is False: prompts to generate from)."""
   if isinstance(record, MalformedRecord):
     raise record
   if not isinstance(record, dict):
@@ -302,11 +303,11 @@ def to_messages(record: Any, fmt: str) -> list[dict]:
     msgs = _from_prompt_completion(record)
   else:
     raise ValueError(f"unknown data format {fmt!r}; known: {FORMATS + ('auto',)}")
-  return validate(msgs)
+  return validate(msgs, require_reply=require_reply)
 
 
-def validate(msgs: list[dict]) -> list[dict]:
-  """Checks roles and contents; at least one non-empty assistant reply."""
+def validate(msgs: list[dict], *, require_reply: bool = True) -> list[dict]:
+  """Checks roles and contents; at least one non-empty assistant reply if `require_reply`."""
   if not msgs:
     raise MalformedRecord("empty_conversation")
   for i, m in enumerate(msgs):
@@ -320,7 +321,7 @@ def validate(msgs: list[dict]) -> list[dict]:
       raise MalformedRecord("bad_content", f"message {i} content is a {type(content).__name__}")
     if not content.strip():
       raise MalformedRecord("empty_content", f"message {i} ({role}) is empty")
-  if not any(m["role"] == "assistant" and m.get("content") for m in msgs):
+  if require_reply and not any(m["role"] == "assistant" and m.get("content") for m in msgs):
     raise MalformedRecord("no_assistant", "no assistant reply to train on")
   return msgs
 

@@ -9,8 +9,6 @@ from collections import defaultdict
 from typing import Sequence
 
 from jaxtune.demo import tasks
-from jaxtune.demo.assets import asset_paths
-from jaxtune.generate import greedy_generate
 
 # The last "before" accuracy of this process, shown next to the "after" one.
 _BEFORE: dict[str, float] = {}
@@ -27,29 +25,24 @@ class EvalResult:
   outputs: list[str]
 
 
-def max_answer_tokens(tokenizer, answers: Sequence[str]) -> int:
-  return max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-
-
-def exact_match(model, tokenizer, records: Sequence[dict], *, batch_size: int = 64) -> EvalResult:
-  """Greedy replies to each record's prompt, compared (stripped) with its last assistant turn."""
-  convs, answers = zip(*(tasks.prompt_and_answer(r) for r in records))
-  # Room for the longest answer, its end-of-turn token and a little slack.
-  budget = max_answer_tokens(tokenizer, answers) + 4
-  outputs = greedy_generate(model, tokenizer, list(convs), budget, batch_size=batch_size)
-  hits = [o.strip() == a.strip() for o, a in zip(outputs, answers)]
-  prompts = [c[-1]["content"] for c in convs]
+def from_samples(samples: Sequence[dict]) -> EvalResult:
+  """Accuracy overall and per task kind from eval-prompt samples (jaxtune.train.prompt_eval)."""
+  prompts = [s["messages"][-1]["content"] for s in samples]
+  hits = [bool(s["exact"]) for s in samples]
   by_kind: dict[str, list[bool]] = defaultdict(list)
   for p, h in zip(prompts, hits):
     by_kind[tasks.kind_of(p)].append(h)
   per_kind = {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
   return EvalResult(accuracy=sum(hits) / len(hits), correct=sum(hits), total=len(hits), per_kind=per_kind,
-                    prompts=prompts, answers=list(answers), outputs=outputs)
+                    prompts=prompts, answers=[s["reference"] for s in samples],
+                    outputs=[s["completion"] for s in samples])
 
 
-def heldout_records(cfg) -> list[dict]:
-  recs = tasks.read_jsonl(str(asset_paths(cfg.demo.cache_dir).heldout_path))
-  return recs[:cfg.demo.heldout_examples]
+def exact_match(cfg, model, tokenizer) -> EvalResult:
+  """Greedy replies to the held-out prompts (eval.prompts), the same sampling the training loop runs."""
+  from jaxtune.train.prompt_eval import PromptSampler
+  _, samples = PromptSampler(cfg, tokenizer)(model)
+  return from_samples(samples)
 
 
 def _summary(label: str, r: EvalResult) -> str:
@@ -87,7 +80,7 @@ def _save(cfg, key: str, r: EvalResult) -> None:
 
 def report_before(cfg, model, tokenizer, *, log=print) -> float:
   """Prints (and returns) the base model's held-out exact match."""
-  r = exact_match(model, tokenizer, heldout_records(cfg))
+  r = exact_match(cfg, model, tokenizer)
   _BEFORE["accuracy"] = r.accuracy
   log(_summary("before tuning", r))
   for line in _samples(r, min(cfg.demo.show, 3)):
@@ -96,9 +89,11 @@ def report_before(cfg, model, tokenizer, *, log=print) -> float:
   return r.accuracy
 
 
-def report_after(cfg, model, tokenizer, export_dir, *, log=print) -> float:
-  """Prints (and returns) the tuned model's held-out exact match, samples and the export path."""
-  r = exact_match(model, tokenizer, heldout_records(cfg))
+def report_after(cfg, model, tokenizer, export_dir, *, samples: Sequence[dict] | None = None, log=print) -> float:
+  """Prints (and returns) the tuned model's held-out exact match, samples and the export path.
+
+  `samples`: the training loop's last eval-prompt samples of this model (sampled again if None)."""
+  r = from_samples(samples) if samples else exact_match(cfg, model, tokenizer)
   before = f" (before: {_BEFORE['accuracy']:.1%})" if "accuracy" in _BEFORE else ""
   log(_summary("after tuning", r) + before)
   for line in _samples(r, cfg.demo.show):

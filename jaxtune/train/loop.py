@@ -59,6 +59,7 @@ class TrainResult:
   run_dir: str
   last_metrics: dict[str, Any]
   stopped_early: bool = False
+  samples: list[dict] | None = None  # the last eval-prompt samples (eval.prompts), if any
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state.params, self.state.rest)
@@ -140,14 +141,15 @@ def _check_resume_config(cfg: Config, saved: dict) -> None:
 
 
 def _truncate_metrics(run_dir: str, step: int) -> None:
-  """Drops metrics rows past the resumed step (written by a run killed after its checkpoint)."""
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(rows)
+  """Drops metrics and sample rows past the resumed step (written by a run killed after its checkpoint)."""
+  for name in ("metrics.jsonl", "samples.jsonl"):
+    path = os.path.join(run_dir, name)
+    if jax.process_index() != 0 or not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w", encoding="utf-8") as f:
+      f.writelines(rows)
 
 
 def global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -184,7 +186,7 @@ def train(cfg: Config) -> TrainResult:
 
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=DTYPES[cfg.model.dtype], param_dtype=DTYPES[cfg.model.param_dtype],
-                            mesh=mesh, remat=cfg.model.remat)
+                            mesh=mesh, remat=cfg.model.remat, attention_impl=cfg.model.attention)
     if len(tokenizer) > model.config.vocab_size:  # special tokens data.chat_template needed were added
       from jaxtune.models.resize import resize_vocab
       old_vocab = model.config.vocab_size
@@ -217,26 +219,38 @@ def train(cfg: Config) -> TrainResult:
         print(f"resumed from {ckpt_lib.checkpoint_dir(cfg.run.dir)}/{done[0]}", flush=True)
     _write_run_files(cfg, tokenizer, model_dir, hf_config)
     evaluate = None
-    if cfg.train.eval_every > 0:
+    if cfg.train.eval_every > 0 and cfg.has_eval_data:
       from jaxtune.train.evaluate import make_evaluator
       eval_pipe = build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                                  split="eval")
       evaluate = make_evaluator(eval_pipe, graphdef, state_shardings(state), mesh_lib.batch_sharding(mesh),
                                 loss_chunk=cfg.train.loss_chunk)
+    sampler = None
+    if cfg.eval.prompts:
+      from jaxtune.train.prompt_eval import PromptSampler
+      sampler = PromptSampler(cfg, tokenizer)
+      if is_main:
+        print(f"eval prompts: {len(sampler.prompts)} from {cfg.eval.prompts}, up to {sampler.max_new_tokens} "
+              f"new tokens each", flush=True)
     fpt = flops_per_token(param_count(state.params), mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
     try:
-      state, last, stopped = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt, evaluate)
+      state, last, stopped, samples = _run_steps(cfg, state, step_fn, data_iter, mgr, mesh, fpt, evaluate,
+                                                 sampler, graphdef)
     finally:
       mgr.close()
   if is_main:
     print(f"{'stopped' if stopped else 'trained'} at step {int(jax.device_get(state.step))} after "
           f"{time.perf_counter() - t_start:.1f}s; checkpoints in {ckpt_lib.checkpoint_dir(cfg.run.dir)}", flush=True)
   return TrainResult(graphdef=graphdef, state=state, tokenizer=tokenizer, run_dir=cfg.run.dir, last_metrics=last,
-                     stopped_early=stopped)
+                     stopped_early=stopped, samples=samples)
 
 
-def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fpt: float, evaluate=None):
-  """Steps from state.step to train.steps; returns (state, last logged row, stopped early)."""
+def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fpt: float, evaluate=None,
+               sampler=None, graphdef=None):
+  """Steps from state.step to train.steps; returns (state, last logged row, stopped early, last samples).
+
+  At each eval point (every train.eval_every steps, and the last step) `evaluate(state)` gives
+  eval_loss and `sampler(model)` the eval prompts' samples and eval_exact_match."""
   is_main = jax.process_index() == 0
   batch_sh = mesh_lib.batch_sharding(mesh)
   meta = {"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__}
@@ -245,6 +259,23 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
   bar = tqdm(total=total, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
   last: dict[str, Any] = {}
   timer = {"t": time.perf_counter(), "tokens": 0.0, "skipped": 0}
+  samples: list[dict] | None = None
+
+  def run_evals(step: int) -> dict[str, Any]:
+    nonlocal samples
+    t_eval = time.perf_counter()
+    out: dict[str, Any] = {}
+    if evaluate is not None:
+      out.update(evaluate(state))
+    if sampler is not None:
+      from jaxtune.train.prompt_eval import samples_markdown
+      metrics, samples = sampler(nnx.merge(graphdef, state.params, state.rest))
+      out.update(metrics)
+      writer.write_samples(step, samples, samples_markdown(samples, cfg.eval.log_samples))
+      if is_main and "eval_exact_match" in metrics:
+        tqdm.write(f"step {step}: eval exact match {metrics['eval_exact_match']:.1%} on {len(samples)} prompts")
+    timer["t"] += time.perf_counter() - t_eval  # eval time is not training throughput
+    return out
 
   def handle(step: int, metrics, extra: dict | None = None) -> None:
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -281,11 +312,9 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
         if pending is not None:
           handle(*pending)
         pending = (step + 1, metrics)
-        if evaluate is not None and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == total):
-          t_eval = time.perf_counter()
-          result = evaluate(state)
-          timer["t"] += time.perf_counter() - t_eval  # eval time is not training throughput
-          handle(*pending, result)
+        eval_point = (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == total
+        if (evaluate is not None or sampler is not None) and eval_point:
+          handle(*pending, run_evals(step + 1))
           pending = None
         periodic = cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0
         preempted = stop.signum is not None or mgr.reached_preemption(step + 1)
@@ -312,4 +341,4 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
     finally:
       bar.close()
       writer.close()
-  return state, last, stopped
+  return state, last, stopped, samples

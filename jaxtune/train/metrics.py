@@ -53,6 +53,7 @@ class MetricsWriter:
   def __init__(self, run_dir: str):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(run_dir, "metrics.jsonl")
+    self.samples_path = os.path.join(run_dir, "samples.jsonl")
     self._f = open(self.path, "a", encoding="utf-8") if self.enabled else None
     self._tb = None
     if self.enabled:
@@ -69,6 +70,17 @@ class MetricsWriter:
       if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
         self._tb.add_scalar(f"train/{k}" if not k.startswith("eval") else f"eval/{k}", v, step)
     self._tb.flush()
+
+  def write_samples(self, step: int, samples: list[dict], table: str | None = None) -> None:
+    """Eval-prompt samples: every one to RUN_DIR/samples.jsonl, `table` (markdown) to TensorBoard."""
+    if self._f is None:
+      return
+    with open(self.samples_path, "a", encoding="utf-8") as f:
+      for s in samples:
+        f.write(json.dumps({"step": step, **s}, ensure_ascii=False) + "\n")
+    if table:
+      self._tb.add_text("eval/samples", table, step)
+      self._tb.flush()
 
   def close(self) -> None:
     if self._f is not None:
