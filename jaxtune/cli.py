@@ -118,11 +118,12 @@ def cmd_generate(argv: list[str]) -> int:
   from jaxtune.data.chat import load_tokenizer
   from jaxtune.generate import generate
 
-  if os.path.exists(os.path.join(a.model, "checkpoints")):
+  from jaxtune import rundir
+  if rundir.exists(rundir.join(a.model, "checkpoints")):  # a run dir, local or remote (gs://...)
     from jaxtune.export import restore_model
     from jaxtune.train.loop import HF_SOURCE
     model, _, _ = restore_model(a.model)
-    tokenizer = load_tokenizer(os.path.join(a.model, HF_SOURCE))
+    tokenizer = load_tokenizer(rundir.local_copy(rundir.join(a.model, HF_SOURCE)))
   else:
     model = jaxtune.load_pretrained(a.model)
     tokenizer = load_tokenizer(a.model)

@@ -15,17 +15,17 @@ import jax
 from flax import nnx
 
 from jaxtune import mesh as mesh_lib
+from jaxtune import rundir
 from jaxtune.config import Config
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.loop import DTYPES, HF_SOURCE, attach_lora
 
 
 def load_run_config(run_dir: str) -> Config:
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
+  path = rundir.join(run_dir, "config.json")
+  if not rundir.exists(path):
     raise FileNotFoundError(f"{run_dir} is not a jaxtune run dir (no config.json)")
-  with open(path, encoding="utf-8") as f:
-    d = json.load(f)
+  d = rundir.read_json(path)
   d.pop("jaxtune_version", None)
   return Config.from_dict(d)
 
@@ -42,8 +42,7 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   from jaxtune.weights.hf_load import load_pretrained
 
   cfg = load_run_config(run_dir)
-  with open(os.path.join(run_dir, HF_SOURCE, "config.json"), encoding="utf-8") as f:
-    hf_config = json.load(f)
+  hf_config = rundir.read_json(rundir.join(run_dir, HF_SOURCE, "config.json"))
   mesh = mesh or mesh_lib.make_mesh(data=1, fsdp=-1, tensor=1)
   dtype, param_dtype = DTYPES[cfg.model.dtype], DTYPES[cfg.model.param_dtype]
   with jax.set_mesh(mesh):
@@ -101,7 +100,7 @@ def export_run(run_dir: str, out_dir: str, *, step: int | None = None, dtype: st
   from jaxtune.weights.hf_export import save_pretrained
 
   model, _, step = restore_model(run_dir, step)
-  src = os.path.join(run_dir, HF_SOURCE)
+  src = rundir.local_copy(rundir.join(run_dir, HF_SOURCE))  # a download when run_dir is remote
   tokenizer = AutoTokenizer.from_pretrained(src)
   if adapter_only:
     if not has_lora(model):

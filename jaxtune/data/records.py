@@ -32,6 +32,7 @@ import tempfile
 from typing import Any, Iterator
 
 from jaxtune.data import hf_datasets, pretokenized
+from jaxtune.rundir import is_remote  # a URI (gs://, s3://, ...) is read through etils.epath
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 PRETOKENIZED = "pretokenized"
@@ -60,9 +61,6 @@ def where(file: str, n: int) -> str:
   return f"{file}:{n}" if file.endswith((".jsonl", ".jsonl.gz")) else f"{file}[{n}]"
 
 
-def is_remote(path: str) -> bool:
-  """A URI (gs://, s3://, ...) read through etils.epath rather than the local file system."""
-  return "://" in str(path)
 
 
 def _epath(path: str):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import jaxtune
 from jaxtune import mesh as mesh_lib
+from jaxtune import rundir
 from jaxtune.config import Config
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.metrics import MetricsWriter, flops_per_token, mfu
@@ -90,32 +91,32 @@ class _StopSignal:
 
 def _write_run_files(cfg: Config, tokenizer, model_dir: str, hf_config: dict | None = None) -> None:
   """RUN_DIR/config.json and RUN_DIR/hf_source/ (what export needs besides the params); `hf_config`
-  replaces the copied config.json when training changed it (a vocabulary grown for added tokens)."""
+  replaces the copied config.json when training changed it (a vocabulary grown for added tokens).
+  hf_source/ is built in a local dir: the real one, or a temp dir uploaded when run.dir is remote."""
   if jax.process_index() != 0:
     return
-  os.makedirs(cfg.run.dir, exist_ok=True)
-  with open(os.path.join(cfg.run.dir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump({"jaxtune_version": jaxtune.__version__, **cfg.to_dict()}, f, indent=2)
-  src = os.path.join(cfg.run.dir, HF_SOURCE)
-  os.makedirs(src, exist_ok=True)
-  for name in ("config.json", "generation_config.json"):
-    if os.path.exists(os.path.join(model_dir, name)):
-      shutil.copyfile(os.path.join(model_dir, name), os.path.join(src, name))
-  if hf_config is not None:
-    with open(os.path.join(src, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
-  gen_path = os.path.join(src, "generation_config.json")
-  eos_id = tokenizer.eos_token_id
-  if getattr(tokenizer, "jaxtune_added_tokens", None) and eos_id is not None and os.path.exists(gen_path):
-    with open(gen_path, encoding="utf-8") as f:
-      gen = json.load(f)
-    old = gen.get("eos_token_id")
-    old = [] if old is None else old if isinstance(old, list) else [old]
-    if eos_id not in old:
-      gen["eos_token_id"] = old + [eos_id]
-      with open(gen_path, "w", encoding="utf-8") as f:
-        json.dump(gen, f, indent=2, sort_keys=True)
-  tokenizer.save_pretrained(src)
+  rundir.write_json(rundir.join(cfg.run.dir, "config.json"),
+                    {"jaxtune_version": jaxtune.__version__, **cfg.to_dict()})
+  with rundir.LocalDir(rundir.join(cfg.run.dir, HF_SOURCE)) as out:
+    src = out.path
+    for name in ("config.json", "generation_config.json"):
+      if os.path.exists(os.path.join(model_dir, name)):
+        shutil.copyfile(os.path.join(model_dir, name), os.path.join(src, name))
+    if hf_config is not None:
+      with open(os.path.join(src, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    gen_path = os.path.join(src, "generation_config.json")
+    eos_id = tokenizer.eos_token_id
+    if getattr(tokenizer, "jaxtune_added_tokens", None) and eos_id is not None and os.path.exists(gen_path):
+      with open(gen_path, encoding="utf-8") as f:
+        gen = json.load(f)
+      old = gen.get("eos_token_id")
+      old = [] if old is None else old if isinstance(old, list) else [old]
+      if eos_id not in old:
+        gen["eos_token_id"] = old + [eos_id]
+        with open(gen_path, "w", encoding="utf-8") as f:
+          json.dump(gen, f, indent=2, sort_keys=True)
+    tokenizer.save_pretrained(src)
 
 
 def attach_lora(model, cfg: Config, mesh) -> None:
@@ -142,14 +143,9 @@ def _check_resume_config(cfg: Config, saved: dict) -> None:
 
 def _truncate_metrics(run_dir: str, step: int) -> None:
   """Drops metrics and sample rows past the resumed step (written by a run killed after its checkpoint)."""
-  for name in ("metrics.jsonl", "samples.jsonl"):
-    path = os.path.join(run_dir, name)
-    if jax.process_index() != 0 or not os.path.exists(path):
-      continue
-    with open(path, encoding="utf-8") as f:
-      rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w", encoding="utf-8") as f:
-      f.writelines(rows)
+  if jax.process_index() == 0:
+    for name in ("metrics.jsonl", "samples.jsonl"):
+      rundir.truncate_jsonl(rundir.join(run_dir, name), step)
 
 
 def global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -324,6 +320,7 @@ def _run_steps(cfg: Config, state: TrainState, step_fn, data_iter, mgr, mesh, fp
         if preempted:
           break
         if periodic:
+          writer.flush()  # a remote run dir: the logs of a saved step are uploaded before it is
           ckpt_lib.save(mgr, state, data_iter, meta)
           saved_at = step + 1
       if pending is not None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any
 
 import jax
+
+from jaxtune import rundir
 
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' spec sheets.
 PEAK_FLOPS = {
@@ -47,43 +47,60 @@ def mfu(tokens_per_s: float, fpt: float) -> float | None:
 
 
 class MetricsWriter:
-  """One JSON object per logged step in RUN_DIR/metrics.jsonl, and the same scalars as
-  TensorBoard events in RUN_DIR/tensorboard/ (process 0 only)."""
+  """One JSON object per logged step in RUN_DIR/metrics.jsonl, eval-prompt samples in samples.jsonl,
+  and the same scalars as TensorBoard events in RUN_DIR/tensorboard/ (process 0 only). RUN_DIR may
+  be remote (gs://...): logs and events are then uploaded every few seconds and on flush/close
+  (see jaxtune.rundir)."""
 
   def __init__(self, run_dir: str):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(run_dir, "metrics.jsonl")
-    self.samples_path = os.path.join(run_dir, "samples.jsonl")
-    self._f = open(self.path, "a", encoding="utf-8") if self.enabled else None
-    self._tb = None
+    self.run_dir = run_dir
+    self._metrics = self._samples = self._tb_dir = self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+      self._metrics = rundir.JsonlLog(rundir.join(run_dir, "metrics.jsonl"))
+      self._tb_dir = rundir.LocalDir(rundir.join(run_dir, "tensorboard"))
+      self._tb = SummaryWriter(self._tb_dir.path)
 
   def write(self, row: dict[str, Any]) -> None:
-    if self._f is None:
+    if self._tb is None:
       return
-    self._f.write(json.dumps(row) + "\n")
-    self._f.flush()
+    self._metrics.append(row)
     step = int(row["step"])
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
         self._tb.add_scalar(f"train/{k}" if not k.startswith("eval") else f"eval/{k}", v, step)
     self._tb.flush()
+    self._tb_dir.sync()
 
   def write_samples(self, step: int, samples: list[dict], table: str | None = None) -> None:
     """Eval-prompt samples: every one to RUN_DIR/samples.jsonl, `table` (markdown) to TensorBoard."""
-    if self._f is None:
+    if self._tb is None:
       return
-    with open(self.samples_path, "a", encoding="utf-8") as f:
-      for s in samples:
-        f.write(json.dumps({"step": step, **s}, ensure_ascii=False) + "\n")
+    if self._samples is None:  # created on the first samples: a run without eval.prompts has no file
+      self._samples = rundir.JsonlLog(rundir.join(self.run_dir, "samples.jsonl"))
+    self._samples.append(*({"step": step, **s} for s in samples))
     if table:
       self._tb.add_text("eval/samples", table, step)
       self._tb.flush()
+      self._tb_dir.sync()
+
+  def flush(self) -> None:
+    """Uploads everything now (a remote run dir); call before a checkpoint save so the logs of a
+    saved step are never lost."""
+    if self._tb is None:
+      return
+    for f in (self._metrics, self._samples):
+      if f is not None:
+        f.flush()
+    self._tb.flush()
+    self._tb_dir.sync(force=True)
 
   def close(self) -> None:
-    if self._f is not None:
-      self._f.close()
+    if self._tb is not None:
       self._tb.close()
-      self._f = self._tb = None
+      self._tb_dir.close()
+      for f in (self._metrics, self._samples):
+        if f is not None:
+          f.close()
+      self._metrics = self._samples = self._tb = None
