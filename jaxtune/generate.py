@@ -9,6 +9,11 @@ every row has produced a stop token (or max_new_tokens). Padding is its own
 segment (id 0) and positions restart at each row's first real token, so a
 row's tokens do not depend on what else is in the batch.
 
+Sliding-window layers keep only a ring of `window` slots (see
+`CausalLM.init_cache`), full-attention layers every column. A model loaded
+sharded over a mesh decodes under that mesh, with the cache sharded by logical
+axes (batch over the data axes, kv heads over the tensor axis).
+
 Sampling: temperature 0 is greedy (argmax); otherwise logits / temperature are
 filtered to the top_k (0 = all) most likely tokens, then to the smallest set
 whose probability reaches top_p, and sampled with a key derived from `seed`.
@@ -16,6 +21,8 @@ whose probability reaches top_p, and sampled with a key derived from `seed`.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from functools import partial
 from typing import Sequence
 
@@ -130,13 +137,35 @@ def _decode_loop(graphdef, state, cache, logits_BV, next_pos_B, done_B, start, m
   return out_BN
 
 
+def model_mesh(state) -> jax.sharding.Mesh | None:
+  """The mesh the parameters are sharded over (None on a single device)."""
+  for x in jax.tree.leaves(state):
+    s = getattr(x, "sharding", None)
+    if isinstance(s, jax.sharding.NamedSharding) and s.mesh.size > 1:
+      return s.mesh
+  return None
+
+
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  pad_id: int, *, batch_size: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0) -> list[list[int]]:
-  """Continuations of token-id prompts (greedy at temperature 0), each cut after its first stop token."""
+                 top_k: int = 0, seed: int = 0, timings: dict | None = None) -> list[list[int]]:
+  """Continuations of token-id prompts (greedy at temperature 0), each cut after its first stop token.
+
+  With no stop ids every row gets exactly `max_new_tokens`. A model sharded over a mesh decodes under that
+  mesh, its KV cache sharded by logical axes. `timings`, when given, accumulates "prefill_s" and "decode_s"
+  (wall time of the prefills and of the decode loops, each blocked on) and "new_tokens" (tokens returned).
+  """
   if not prompts or max_new_tokens <= 0:
     return [[] for _ in prompts]
   graphdef, state = nnx.split(model)
+  mesh = model_mesh(state)
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    return _generate_chunks(graphdef, state, prompts, max_new_tokens, stop_ids, pad_id, batch_size, temperature,
+                            top_p, top_k, seed, timings)
+
+
+def _generate_chunks(graphdef, state, prompts, max_new_tokens, stop_ids, pad_id, batch_size, temperature, top_p,
+                     top_k, seed, timings):
   length = length_bucket(max(len(p) for p in prompts))
   new_cap = -(-max_new_tokens // _NEW_MULTIPLE) * _NEW_MULTIPLE
   rows = min(batch_size, 1 << (len(prompts) - 1).bit_length())
@@ -146,14 +175,27 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
   for n, i in enumerate(range(0, len(prompts), rows)):
     chunk = prompts[i:i + rows]
     ids, seg, pos, done = left_pad(chunk, rows, length, length, pad_id)
+    t0 = time.perf_counter()
     logits_BV, cache = _prefill(graphdef, state, ids, seg, pos, length + new_cap)
+    if timings is not None:
+      jax.block_until_ready(cache)
+      t1 = time.perf_counter()
     res = _decode_loop(graphdef, state, cache, logits_BV, jnp.asarray(pos[:, -1] + 1), jnp.asarray(done),
                        jnp.int32(length), jnp.int32(max_new_tokens), stop_S, jnp.int32(pad_id),
                        jax.random.fold_in(base_key, n), jnp.float32(temperature), jnp.float32(top_p),
                        jnp.int32(top_k), new_cap)
+    if not res.is_fully_addressable:  # rows sharded over several processes: every process gets them all
+      from jax.experimental import multihost_utils
+      res = multihost_utils.process_allgather(res, tiled=True)
     res = np.asarray(res)
+    if timings is not None:
+      t2 = time.perf_counter()
+      timings["prefill_s"] = timings.get("prefill_s", 0.0) + (t1 - t0)
+      timings["decode_s"] = timings.get("decode_s", 0.0) + (t2 - t1)
     for b in range(len(chunk)):
       out.append(_cut(res[b, :max_new_tokens].tolist(), stop_ids))
+  if timings is not None:
+    timings["new_tokens"] = timings.get("new_tokens", 0) + sum(len(o) for o in out)
   return out
 
 

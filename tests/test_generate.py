@@ -155,24 +155,125 @@ def test_family_matches_hf_generate_and_full_forward(family):
   assert max(len(p) + len(o) for p, o in zip(PROMPTS, ours)) > 2 * model.config.sliding_window if \
       model.config.sliding_window else True
 
-  # Cached logits at every generated position (teacher-forced with the generated tokens, left-padded
-  # batch) equal the full forward pass of each row alone.
+  _check_cached_logits(model, ours, NEW, family)
+
+
+def _check_cached_logits(model, outs, new, family, blocks=(1,)):
+  """Cached logits at every generated position (teacher-forced with the generated tokens, left-padded batch,
+  fed in blocks of the sizes `blocks` cycles through) equal the full forward pass of each row alone.
+  Returns the final cache."""
   graphdef, state = nnx.split(model)
   step = _jit_decode(graphdef)
   L = 16
   ids, seg, pos, _ = G.left_pad(PROMPTS, 2, L, L, 0)
-  cache = model.init_cache(2, L + NEW)
+  cache = model.init_cache(2, L + new)
   logits, cache = step(state, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(seg), cache, 0)
   got = [[np.asarray(logits[b, -1])] for b in range(2)]
-  gen = np.zeros((2, NEW), np.int32)
-  for b, o in enumerate(ours):
+  gen = np.zeros((2, new), np.int32)
+  for b, o in enumerate(outs):
     gen[b, :len(o)] = o
-  for i in range(NEW - 1):
-    logits, cache = step(state, jnp.asarray(gen[:, i:i + 1]), jnp.asarray(pos[:, -1:] + 1 + i),
-                         jnp.ones((2, 1), jnp.int32), cache, L + i)
+  i, n = 0, 0
+  while i < new - 1:
+    t = min(blocks[n % len(blocks)], new - 1 - i)
+    logits, cache = step(state, jnp.asarray(gen[:, i:i + t]), jnp.asarray(pos[:, -1:] + 1 + i + np.arange(t)),
+                         jnp.ones((2, t), jnp.int32), cache, L + i)
     for b in range(2):
-      got[b].append(np.asarray(logits[b, 0]))
+      got[b].extend(np.asarray(logits[b]))
+    i, n = i + t, n + 1
   for b, p in enumerate(PROMPTS):
     full = np.asarray(model(jnp.asarray([list(p) + gen[b].tolist()]))[0])
-    ref_b = full[len(p) - 1:len(p) - 1 + NEW]
+    ref_b = full[len(p) - 1:len(p) - 1 + new]
     assert rel_err(np.stack(got[b]), ref_b) < 1e-4, family
+  return cache
+
+
+SLIDING_FAMILIES = ("mistral", "qwen2", "gemma2", "gemma3")
+NEW_LONG = 40  # prompts of 13 and 5 tokens + 40 > 3 x the window of 8
+
+
+@pytest.mark.parametrize("family", SLIDING_FAMILIES)
+def test_sliding_layers_keep_a_window_sized_ring(family):
+  path, hf = cached_tiny_hf(family)
+  model = load_pretrained(path)
+  cfg = model.config
+  W = cfg.sliding_window
+  sliding = [i for i in range(cfg.num_layers) if cfg.window(i)]
+  assert W == 8 and sliding
+  assert min(len(p) for p in PROMPTS) + NEW_LONG > 3 * W
+  ours = G.generate_ids(model, PROMPTS, NEW_LONG, [], 0)  # no stop ids: exactly NEW_LONG tokens each
+  assert [len(o) for o in ours] == [NEW_LONG] * len(PROMPTS)
+  assert ours == [_hf_greedy(hf, p, NEW_LONG, None) for p in PROMPTS]
+  # Blocks of 1 to 10 tokens: multi-token writes that wrap around the ring, and one longer than it.
+  cache = _check_cached_logits(model, ours, NEW_LONG, family, blocks=(1, 3, 10))
+  S = 16 + NEW_LONG
+  for i in range(cfg.num_layers):
+    want = (2, cfg.num_kv_heads, W if i in sliding else S, cfg.head_dim)
+    assert cache["k"][i].shape == want and cache["v"][i].shape == want, (family, i)
+  assert cache["ring_positions"].shape == cache["ring_segment_ids"].shape == (2, W)
+  assert cache["positions"].shape == (2, S)
+
+
+def test_ring_write_wraps_and_keeps_the_last_columns():
+  from jaxtune.models.attention import cache_write
+  buf = jnp.zeros((1, 4), jnp.int32)
+  buf = cache_write(buf, jnp.asarray([[1, 2, 3]]), 0, ring=True)
+  np.testing.assert_array_equal(buf, [[1, 2, 3, 0]])
+  buf = cache_write(buf, jnp.asarray([[4, 5, 6]]), 3, ring=True)  # columns 3, 4, 5 -> slots 3, 0, 1
+  np.testing.assert_array_equal(buf, [[5, 6, 3, 4]])
+  buf = cache_write(buf, jnp.asarray([[7]]), 6, ring=True)
+  np.testing.assert_array_equal(buf, [[5, 6, 7, 4]])
+  buf = cache_write(buf, jnp.asarray([[10, 11, 12, 13, 14, 15]]), 7, ring=True)  # columns 9..12 -> slots 1, 2, 3, 0
+  np.testing.assert_array_equal(buf, [[15, 12, 13, 14]])
+
+
+def test_sharded_generation_matches_one_device():
+  from jaxtune import mesh as mesh_lib
+  from jaxtune.models.transformer import CausalLM
+  path, _ = cached_tiny_hf("gemma3")  # sliding (ring) and full layers, 2 kv heads
+  prompts = PROMPTS + [[3, 4, 5], [9] * 20]
+  one = G.generate_ids(load_pretrained(path), prompts, 20, [], 0)
+  mesh = mesh_lib.make_mesh(2, 1, 2)
+  model = load_pretrained(path, mesh=mesh)
+  graphdef, state = nnx.split(model)
+  assert G.model_mesh(state) is mesh
+  assert G.generate_ids(model, prompts, 20, [], 0) == one
+  with jax.set_mesh(mesh):
+    ids, seg, pos, _ = G.left_pad(prompts, 4, 32, 32, 0)
+    _, cache = G._prefill(graphdef, state, ids, seg, pos, 64)
+  for k in cache["k"] + cache["v"]:
+    want = mesh_lib.sharding_for(CausalLM.CACHE_AXES, k.shape, mesh)
+    assert k.sharding.is_equivalent_to(want, k.ndim)
+    B, K, S, H = k.shape
+    assert k.sharding.shard_shape(k.shape) == (B // 2, K // 2, S, H)  # batch and kv heads both split
+  for name in ("segment_ids", "positions", "ring_segment_ids", "ring_positions"):
+    assert cache[name].sharding.shard_shape(cache[name].shape)[0] == 2, name
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+
+def test_cli_generate_json_matches_hf_greedy(tmp_path):
+  """`jaxtune generate --temperature 0 --json` on a tiny HF checkpoint gives transformers' greedy ids."""
+  import json
+
+  import torch
+
+  from tests.helpers.cli import jaxtune
+  from tests.helpers.hf_models import make_tiny_hf
+  from tests.helpers.tokenizers import make_tokenizer
+  _, tok = make_tokenizer(str(tmp_path), template="llama3")
+  model_dir, hf = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok), seed=3)
+  tok.save_pretrained(model_dir)
+  prompt, n = "What is the capital of France?", 10
+  p = jaxtune("generate", "--model", str(model_dir), "--prompt", prompt, "--max-new-tokens", str(n),
+              "--temperature", "0", "--json")
+  (out,) = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+  (ids,) = G.encode_prompts(tok, [[{"role": "user", "content": prompt}]])
+  stop = G.stop_token_ids(tok)
+  with torch.no_grad():
+    ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                      do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id, eos_token_id=stop)
+  want = G._cut(ref[0, len(ids):].tolist(), stop)
+  assert out["prompt"] == prompt and len(want) > 1
+  assert out["completion_ids"] == want
+  assert out["completion"] == tok.decode(want, skip_special_tokens=True)

@@ -5,6 +5,9 @@ within a packed row) AND, on sliding layers, within the window (a query sees
 itself and the `window - 1` tokens before it, as HF's sliding masks do).
 `jax.nn.dot_product_attention` does the work unless the layer softcaps its
 logits (Gemma 2), which takes a grouped einsum path; neither repeats K/V.
+The full forward can run on a fast path instead (cuDNN on GPU, the splash
+kernel on TPU), chosen per layer and call by `attention_kernels.resolve_impl`;
+`decode` (the KV cache) always runs on XLA.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtune.models import attention_kernels as kernels
 from jaxtune.models.config import ModelConfig
 from jaxtune.models.layers import Linear, RMSNorm, apply_rope, rope_inv_freq
 
@@ -30,19 +34,55 @@ def attention_mask(segment_ids_BT: jax.Array | None, T: int, window: int | None)
   return mask
 
 
-def cache_mask(q_seg_BT, q_pos_BT, q_col_T, k_seg_BS, k_pos_BS, window: int | None) -> jax.Array:
-  """Boolean [B, 1, T, S] mask of queries at cache columns `q_col_T` over a KV cache.
+def cache_mask(q_seg_BT, q_pos_BT, k_seg_BS, k_pos_BS, window: int | None) -> jax.Array:
+  """Boolean [B, 1, T, S] mask of queries over KV-cache slots, from segment ids and positions alone.
 
-  A query sees a cache slot when both are in the same segment (0 = padding or
-  not yet written), the slot is not later than the query, and, on sliding
-  layers, the slot's position is within the window of the query's.
+  A query sees a slot when both are in the same segment (0 = padding or not yet
+  written), the slot's position is not later than the query's and, on sliding
+  layers, within the window. Positions, not cache columns, order the tokens, so
+  the slots may be in any order (a sliding layer's ring wraps around); within a
+  segment, positions must grow in the order the tokens are written.
   """
-  S = k_seg_BS.shape[1]
   mask = q_seg_BT[:, :, None] == k_seg_BS[:, None, :]
-  mask = mask & (jnp.arange(S)[None, None, :] <= q_col_T[None, :, None])
+  delta_BTS = q_pos_BT[:, :, None] - k_pos_BS[:, None, :]
+  mask = mask & (delta_BTS >= 0)
   if window is not None:
-    mask = mask & (q_pos_BT[:, :, None] - k_pos_BS[:, None, :] < window)
+    mask = mask & (delta_BTS < window)
   return mask[:, None]
+
+
+def cache_write(buf: jax.Array, block: jax.Array, index: jax.Array, *, ring: bool, axis: int = 1) -> jax.Array:
+  """`buf` (S slots along `axis`) with a block (t columns along `axis`) written at cache columns index..index+t-1.
+
+  A full cache holds column c in slot c (the caller keeps columns below S); a
+  ring (`ring=True`: a sliding layer keeps its last S columns) holds it in slot
+  c % S, and of a block longer than S only the last S columns land.
+  """
+  S, t = buf.shape[axis], block.shape[axis]
+  block = block.astype(buf.dtype)
+  if not ring:
+    return jax.lax.dynamic_update_slice_in_dim(buf, block, index, axis=axis)
+  if t > S:
+    block, index, t = jax.lax.slice_in_dim(block, t - S, t, axis=axis), index + (t - S), S
+  if t == 1:
+    return jax.lax.dynamic_update_slice_in_dim(buf, block, index % S, axis=axis)
+  slots = (index + jnp.arange(t, dtype=jnp.int32)) % S
+  return buf.at[(slice(None),) * axis + (slots,)].set(block)
+
+
+def cache_attention(q_BtNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_B1tS: jax.Array, *, scale: float,
+                    softcap: float | None) -> jax.Array:
+  """Grouped attention of t queries over cache slots kept as [B, K, S, H] (the layout whose dots need no
+  per-step transpose of the cache on CPU); tanh softcap when given, softmax in float32. Returns [B, t, N, H]."""
+  B, t, N, H = q_BtNH.shape
+  K = k_BKSH.shape[1]
+  q_BtKGH = q_BtNH.reshape(B, t, K, N // K, H)
+  logits_BKGtS = jnp.einsum("btkgh,bksh->bkgts", q_BtKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
+  if softcap is not None:
+    logits_BKGtS = jnp.tanh(logits_BKGtS / softcap) * softcap
+  logits_BKGtS = jnp.where(mask_B1tS[:, :, None], logits_BKGtS, jnp.finfo(jnp.float32).min)
+  probs_BKGtS = jax.nn.softmax(logits_BKGtS, axis=-1).astype(v_BKSH.dtype)
+  return jnp.einsum("bkgts,bksh->btkgh", probs_BKGtS, v_BKSH).reshape(B, t, N, H)
 
 
 def softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, *, scale: float, softcap: float,
@@ -86,6 +126,8 @@ class Attention(nnx.Module):
     self.scale = cfg.attn_scale
     self.softcap = cfg.attn_logit_softcap
     self.attention_impl = attention_impl
+    self.platform = kernels.current_platform()
+    self._impl(dtype, segmented=False)  # an explicit fast path that cannot run this layer fails here, at build
 
   def _qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
     """Projected, normed and rotated q [B,T,N,H], k and v [B,T,K,H]."""
@@ -107,26 +149,60 @@ class Attention(nnx.Module):
       out_BTNH = softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, scale=self.scale, softcap=self.softcap,
                                       causal=causal)
     else:
-      out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask, scale=self.scale, is_causal=causal,
-                                              implementation=self.attention_impl)
+      out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask, scale=self.scale, is_causal=causal)
     return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
 
+  def _impl(self, dtype, *, segmented: bool, seq_len: int | None = None) -> str:
+    """The implementation of this layer's full forward for one call case."""
+    return kernels.resolve_impl(
+        self.attention_impl, self.platform, dtype=dtype, head_dim=self.head_dim, softcap=self.softcap is not None,
+        segmented=segmented, seq_len=seq_len,
+        cudnn_head_dim_max=kernels.cudnn_max_head_dim() if self.platform == "gpu" else 256)
+
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
+    B, T, _ = x_BTD.shape
     q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, positions_BT)
-    mask = attention_mask(segment_ids_BT, x_BTD.shape[1], self.window)
-    return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, causal=True)
+    impl = self._impl(q_BTNH.dtype, segmented=segment_ids_BT is not None, seq_len=T)
+    if impl == "xla":
+      mask = attention_mask(segment_ids_BT, T, self.window)
+      return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, causal=True)
+    if impl == "cudnn":
+      out_BTNH = kernels.cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale, window=self.window)
+    else:
+      out_BTNH = kernels.splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
+                                          window=self.window, softcap=self.softcap,
+                                          interpret=impl == "splash_interpret")
+    return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
 
-  def decode(self, x_BtD: jax.Array, positions_Bt: jax.Array, segment_ids_Bt: jax.Array, k_BSKH: jax.Array,
-             v_BSKH: jax.Array, cache_seg_BS: jax.Array, cache_pos_BS: jax.Array, index: jax.Array):
-    """Attention of a block of t tokens written into the KV cache at columns index..index+t-1.
+  def decode(self, x_BtD: jax.Array, positions_Bt: jax.Array, segment_ids_Bt: jax.Array, k_BKSH: jax.Array,
+             v_BKSH: jax.Array, cache_seg_BS: jax.Array, cache_pos_BS: jax.Array, index: jax.Array):
+    """Attention of a block of t tokens at cache columns index..index+t-1 over this layer's KV cache
+    (k, v [B, K, S, H]).
 
-    `cache_seg_BS` / `cache_pos_BS` already include the block. Returns (out [B,t,D], k, v).
+    `cache_seg_BS` / `cache_pos_BS` describe the S slots before the block is
+    written. S covers every column (column c in slot c) or, on a sliding layer
+    whose cache is no longer than its window, is a ring (slot c % S; see
+    `cache_write`). One token, or any block on a full cache, is written first
+    and attends to the slots; a longer block on a ring attends to the old slots
+    and to itself side by side (writing first could evict keys it needs).
+    Returns (out [B,t,D], k, v).
     """
-    t = x_BtD.shape[1]
+    B, t = x_BtD.shape[:2]
+    S = k_BKSH.shape[2]
+    ring = self.window is not None and S <= self.window
     q_BtNH, k_BtKH, v_BtKH = self._qkv(x_BtD, positions_Bt)
-    k_BSKH = jax.lax.dynamic_update_slice_in_dim(k_BSKH, k_BtKH.astype(k_BSKH.dtype), index, axis=1)
-    v_BSKH = jax.lax.dynamic_update_slice_in_dim(v_BSKH, v_BtKH.astype(v_BSKH.dtype), index, axis=1)
-    q_col_t = index + jnp.arange(t, dtype=jnp.int32)
-    mask = cache_mask(segment_ids_Bt, positions_Bt, q_col_t, cache_seg_BS, cache_pos_BS, self.window)
-    out_BtD = self._attend(q_BtNH, k_BSKH.astype(q_BtNH.dtype), v_BSKH.astype(q_BtNH.dtype), mask, causal=False)
-    return out_BtD, k_BSKH, v_BSKH
+    k_BKtH, v_BKtH = k_BtKH.transpose(0, 2, 1, 3), v_BtKH.transpose(0, 2, 1, 3)
+    new_k_BKSH = cache_write(k_BKSH, k_BKtH, index, ring=ring, axis=2)
+    new_v_BKSH = cache_write(v_BKSH, v_BKtH, index, ring=ring, axis=2)
+    if ring and t > 1:
+      k_BKsH = jnp.concatenate([k_BKSH.astype(q_BtNH.dtype), k_BKtH], axis=2)
+      v_BKsH = jnp.concatenate([v_BKSH.astype(q_BtNH.dtype), v_BKtH], axis=2)
+      seg_Bs = jnp.concatenate([cache_seg_BS, segment_ids_Bt], axis=1)
+      pos_Bs = jnp.concatenate([cache_pos_BS, positions_Bt], axis=1)
+    else:
+      k_BKsH, v_BKsH = new_k_BKSH.astype(q_BtNH.dtype), new_v_BKSH.astype(q_BtNH.dtype)
+      seg_Bs = cache_write(cache_seg_BS, segment_ids_Bt, index, ring=ring)
+      pos_Bs = cache_write(cache_pos_BS, positions_Bt, index, ring=ring)
+    mask = cache_mask(segment_ids_Bt, positions_Bt, seg_Bs, pos_Bs, self.window)
+    out_BtNH = cache_attention(q_BtNH, k_BKsH, v_BKsH, mask, scale=self.scale, softcap=self.softcap)
+    return self.o_proj(out_BtNH.reshape(B, t, self.num_heads * self.head_dim)), new_k_BKSH, new_v_BKSH

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtune.mesh import constrain
-from jaxtune.models.attention import Attention
+from jaxtune.mesh import constrain, sharding_for
+from jaxtune.models.attention import Attention, cache_write
 from jaxtune.models.config import ModelConfig
 from jaxtune.models.layers import MLP, Embed, Linear, RMSNorm
 
@@ -50,11 +50,11 @@ class DecoderLayer(nnx.Module):
     attn_BTD = self.self_attn(self.input_layernorm(x_BTD), positions_BT, segment_ids_BT)
     return self._residual(x_BTD, attn_BTD)
 
-  def decode(self, x_BtD, positions_Bt, segment_ids_Bt, k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index):
+  def decode(self, x_BtD, positions_Bt, segment_ids_Bt, k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index):
     """`__call__` for a block of tokens over a KV cache; returns (x, k, v)."""
-    attn_BtD, k_BSKH, v_BSKH = self.self_attn.decode(self.input_layernorm(x_BtD), positions_Bt, segment_ids_Bt,
-                                                     k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index)
-    return self._residual(x_BtD, attn_BtD), k_BSKH, v_BSKH
+    attn_BtD, k_BKSH, v_BKSH = self.self_attn.decode(self.input_layernorm(x_BtD), positions_Bt, segment_ids_Bt,
+                                                     k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index)
+    return self._residual(x_BtD, attn_BtD), k_BKSH, v_BKSH
 
   def _residual(self, x_BTD: jax.Array, attn_BTD: jax.Array) -> jax.Array:
     if self.pre_feedforward_layernorm is None:
@@ -145,34 +145,71 @@ class CausalLM(nnx.Module):
     return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids))
 
   # -- KV-cache decoding -----------------------------------------------------
+  CACHE_AXES = ("batch", "kv_heads", "seq", "head_dim")  # logical axes of the k/v caches [B, K, S, H]
+  CACHE_SLOT_AXES = ("batch", "seq")  # ... and of the per-slot segment ids / positions [B, S]
+
+  def cache_len(self, layer: int, max_len: int) -> int:
+    """Slots of `layer`'s cache for columns 0..max_len-1: its window when that is shorter (a ring), else max_len."""
+    w = self.config.window(layer)
+    return w if w is not None and w < max_len else max_len
+
+  @staticmethod
+  def _shard_cache(x: jax.Array, names) -> jax.Array:
+    """Sharding constraint by logical names (mesh axes that do not divide a dimension are dropped); a no-op
+    outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not mesh.axis_names:
+      return x
+    return jax.lax.with_sharding_constraint(x, sharding_for(names, x.shape, mesh))
+
   def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, Any]:
-    """An empty KV cache: per-layer k/v [B, S, K, H], and per-slot segment ids (0 = empty) and positions [B, S]."""
+    """An empty KV cache for columns 0..max_len-1: per layer k/v [B, K, S, H] and per-slot segment ids
+    (0 = empty) and positions.
+
+    Full-attention layers hold every column (S = max_len; slot metadata "segment_ids" / "positions" [B, max_len]).
+    Sliding layers whose window W is shorter keep only a ring of W slots, column c in slot c % W (metadata
+    "ring_segment_ids" / "ring_positions" [B, W], present only then). Under a mesh context the arrays are
+    sharded by their logical axes (CACHE_AXES, CACHE_SLOT_AXES)."""
     cfg = self.config
     dtype = self.dtype if dtype is None else dtype
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-            "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
-            "positions": jnp.zeros((batch, max_len), jnp.int32)}
+    lens = [self.cache_len(i, max_len) for i in range(cfg.num_layers)]
+    H = cfg.head_dim
+    kv = lambda S: self._shard_cache(jnp.zeros((batch, cfg.num_kv_heads, S, H), dtype), self.CACHE_AXES)  # noqa: E731
+    slots = lambda S: self._shard_cache(jnp.zeros((batch, S), jnp.int32), self.CACHE_SLOT_AXES)  # noqa: E731
+    cache = {"k": [kv(S) for S in lens], "v": [kv(S) for S in lens],
+             "segment_ids": slots(max_len), "positions": slots(max_len)}
+    rings = {S for S in lens if S < max_len}  # one window for every sliding layer
+    if rings:
+      (W,) = rings
+      cache.update(ring_segment_ids=slots(W), ring_positions=slots(W))
+    return cache
 
   def decode_hidden(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,
                     segment_ids: jax.Array | None = None):
     """Final-normed hidden states [B, t, D] of a block of t tokens written into `cache` at columns
-    cache_index..cache_index+t-1, and the new cache. Tokens attend to same-segment earlier slots
-    (segment_ids default to 1; 0 marks padding that nothing else attends to)."""
+    cache_index..cache_index+t-1 (below the cache's max_len; a sliding layer's ring takes any column), and
+    the new cache. Tokens attend to same-segment slots at earlier or equal positions (within the window on
+    sliding layers); segment_ids default to 1, and 0 marks padding that nothing else attends to."""
     B, t = input_ids.shape
+    S = cache["positions"].shape[1]
     seg_Bt = jnp.ones((B, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     pos_Bt = positions.astype(jnp.int32)
     index = jnp.asarray(cache_index, jnp.int32)
-    cache_seg_BS = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], seg_Bt, index, axis=1)
-    cache_pos_BS = jax.lax.dynamic_update_slice_in_dim(cache["positions"], pos_Bt, index, axis=1)
-    x_BtD = self._embed(input_ids)
+    x_BtD = self._shard_cache(self._embed(input_ids), ACT)
     ks, vs = [], []
-    for layer, k_BSKH, v_BSKH in zip(self.model.layers, cache["k"], cache["v"]):
-      x_BtD, k_BSKH, v_BSKH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BSKH, v_BSKH, cache_seg_BS, cache_pos_BS, index)
-      ks.append(k_BSKH)
-      vs.append(v_BSKH)
-    new_cache = {"k": ks, "v": vs, "segment_ids": cache_seg_BS, "positions": cache_pos_BS}
+    for i, (layer, k_BKSH, v_BKSH) in enumerate(zip(self.model.layers, cache["k"], cache["v"])):
+      pre = "ring_" if self.cache_len(i, S) < S else ""
+      x_BtD, k_BKSH, v_BKSH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BKSH, v_BKSH, cache[pre + "segment_ids"],
+                                           cache[pre + "positions"], index)
+      x_BtD = self._shard_cache(x_BtD, ACT)
+      ks.append(self._shard_cache(k_BKSH, self.CACHE_AXES))
+      vs.append(self._shard_cache(v_BKSH, self.CACHE_AXES))
+    new_cache = {"k": ks, "v": vs}
+    for pre in ("", "ring_"):
+      for name, block_Bt in (("segment_ids", seg_Bt), ("positions", pos_Bt)):
+        if pre + name in cache:
+          new = cache_write(cache[pre + name], block_Bt, index, ring=pre == "ring_")
+          new_cache[pre + name] = self._shard_cache(new, self.CACHE_SLOT_AXES)
     return self.model.norm(x_BtD), new_cache
 
   def decode(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,

@@ -1,5 +1,7 @@
-"""Two `jax.distributed` processes on 127.0.0.1 train exactly like one process with the same devices."""
+"""Two `jax.distributed` processes on 127.0.0.1 train (and sample eval prompts) exactly like one process
+with the same devices."""
 
+import json
 import os
 import socket
 import subprocess
@@ -23,11 +25,15 @@ def test_two_processes_equal_one(tmp_path):
   tok.save_pretrained(model_dir)
   data = tmp_path / "chat.jsonl"
   data.write_text("\n".join(cli.chat_records(64)) + "\n")
+  prompts = tmp_path / "prompts.jsonl"  # sampled at the last step, with the model sharded over both processes
+  prompts.write_text("\n".join(json.dumps({"prompt": f"Join {w} and stone.", "reference": f"{w} stone"})
+                               for w in ("apple", "river", "cloud")) + "\n")
 
   def argv(run):
     return cli.cli_cmd("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}",
                        "--config.train.steps=4", "--config.train.batch_size=8", "--config.train.log_every=1",
-                       "--config.mesh.data=-1", "--config.checkpoint.every=0")
+                       "--config.mesh.data=-1", "--config.checkpoint.every=0",
+                       f"--config.eval.prompts={prompts}", "--config.eval.max_new_tokens=5")
 
   def env(devices, **extra):
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -51,3 +57,10 @@ def test_two_processes_equal_one(tmp_path):
   np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
   np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-5)
   assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["4"]
+  assert a[-1]["eval_exact_match"] == b[-1]["eval_exact_match"]
+
+  def samples(run):
+    with open(os.path.join(run, "samples.jsonl")) as f:
+      return [json.loads(line) for line in f]
+
+  assert len(samples(one)) == 3 and samples(one) == samples(two)

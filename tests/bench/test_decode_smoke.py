@@ -1,0 +1,44 @@
+"""bench/decode.py runs end to end on a tiny HF checkpoint (jaxtune and the torch reference, 4 new tokens)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import decode as bench  # noqa: E402
+
+from tests.helpers.hf_models import make_tiny_hf  # noqa: E402
+from tests.helpers.tokenizers import make_tokenizer  # noqa: E402
+
+
+def test_tiny_model_vs_torch(tmp_path):
+  pytest.importorskip("torch")
+  _, tok = make_tokenizer(str(tmp_path), template="llama3")
+  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
+  tok.save_pretrained(model_dir)
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c}]}) + "\n"
+                             for c in ("Hello!", "What is the capital of France? Answer briefly.")))
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")  # one CPU device, not the 8 of tests/conftest.py
+  cmd = [sys.executable, os.path.join(ROOT, "bench", "decode.py"), "--model", str(model_dir), "--prompts",
+         str(prompts), "--batch", "1,2", "--max-new-tokens", "4", "--repeats", "1"]
+  p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  results = [r for r in map(bench.parse_result, p.stdout.strip().splitlines()) if r]
+  by_side = {}
+  for side, r in results:
+    by_side.setdefault(side, []).append(r)
+  assert set(by_side) == {"jaxtune", "torch", "ratio"}
+  for side in ("jaxtune", "torch"):
+    assert [r["batch"] for r in by_side[side]] == [1, 2]
+    for r in by_side[side]:
+      assert set(r) == {"batch", "tokens_per_s", "e2e_tokens_per_s", "prefill_ms", "peak_mem_mb"}
+      assert all(v > 0 for v in r.values())
+  for r, j, t in zip(by_side["ratio"], by_side["jaxtune"], by_side["torch"]):
+    assert r["jaxtune_over_torch"] == pytest.approx(j["tokens_per_s"] / t["tokens_per_s"], rel=1e-2)
+    assert r["same_tokens_rows"] == r["batch"]  # float32 greedy on both sides: the same tokens
