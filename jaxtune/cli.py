@@ -115,18 +115,20 @@ def cmd_generate(argv: list[str]) -> int:
   if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0:
     raise SystemExit("error: need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
   import jaxtune
-  from jaxtune.data.chat import load_tokenizer
-  from jaxtune.generate import generate
-
   from jaxtune import rundir
+  from jaxtune.data.chat import load_tokenizer
+  from jaxtune.generate import generate, stop_token_ids
+
   if rundir.exists(rundir.join(a.model, "checkpoints")):  # a run dir, local or remote (gs://...)
     from jaxtune.export import restore_model
     from jaxtune.train.loop import HF_SOURCE
     model, _, _ = restore_model(a.model)
-    tokenizer = load_tokenizer(rundir.local_copy(rundir.join(a.model, HF_SOURCE)))
+    model_dir = rundir.local_copy(rundir.join(a.model, HF_SOURCE))
   else:
-    model = jaxtune.load_pretrained(a.model)
-    tokenizer = load_tokenizer(a.model)
+    from jaxtune.weights.hf_load import resolve_model_dir
+    model_dir = str(resolve_model_dir(a.model))
+    model = jaxtune.load_pretrained(model_dir)
+  tokenizer = load_tokenizer(model_dir)
   if a.prompt is not None:
     prompts = [[{"role": "user", "content": a.prompt}]]
   else:  # the eval.prompts forms; a bad line is an error naming file:line
@@ -135,7 +137,7 @@ def cmd_generate(argv: list[str]) -> int:
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
   outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                  top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+                  top_p=a.top_p, top_k=a.top_k, seed=a.seed, stop_ids=stop_token_ids(tokenizer, model_dir))
   for conv, out in zip(prompts, outs):
     if a.json:
       print(json.dumps({"prompt": conv[-1]["content"], "completion": out["completion"],

@@ -22,6 +22,8 @@ whose probability reaches top_p, and sampled with a key derived from `seed`.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
 from functools import partial
 from typing import Sequence
@@ -37,11 +39,28 @@ _MIN_BUCKET = 32  # smallest prompt-length bucket; buckets are powers of two fro
 _NEW_MULTIPLE = 32  # cache room for new tokens is rounded up to this
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-  """The tokenizer's eos plus every end-of-turn marker it knows."""
-  ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-  vocab = tokenizer.get_vocab()
-  ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+def declared_eos_ids(model_dir: str) -> list[int]:
+  """The eos ids a checkpoint declares (generation_config.json, else config.json): where transformers'
+  `generate` and vLLM stop."""
+  for name in ("generation_config.json", "config.json"):
+    path = os.path.join(model_dir, name)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token_id")
+      if eos is not None:
+        return sorted(set(eos if isinstance(eos, list) else [eos]))
+  return []
+
+
+def stop_token_ids(tokenizer, model_dir: str | None = None, *, end_of_turn: bool = False) -> list[int]:
+  """Where generation stops: the eos ids `model_dir` declares, as transformers and vLLM stop; with none
+  declared (or with `end_of_turn`), also the tokenizer's eos and every end-of-turn marker it knows."""
+  ids = set(declared_eos_ids(model_dir)) if model_dir else set()
+  if not ids or end_of_turn:
+    if tokenizer.eos_token_id is not None:
+      ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
   return sorted(ids)
 
 
@@ -212,14 +231,14 @@ def _pad_id(tokenizer, stop: Sequence[int]) -> int:
 
 def generate(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             batch_size: int = 64) -> list[dict]:
+             batch_size: int = 64, stop_ids: Sequence[int] | None = None) -> list[dict]:
   """Assistant replies to chat conversations: one {"completion", "completion_ids"} per conversation.
 
-  `completion_ids` includes the stop token when one was produced; `completion` is
-  decoded without special tokens.
+  Rows stop at `stop_ids` (default: `stop_token_ids(tokenizer)`); `completion_ids` includes the
+  stop token when one was produced; `completion` is decoded without special tokens.
   """
   prompts = encode_prompts(tokenizer, conversations)
-  stop = stop_token_ids(tokenizer)
+  stop = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
   outs = generate_ids(model, prompts, max_new_tokens, stop, _pad_id(tokenizer, stop), batch_size=batch_size,
                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
   return [{"completion": tokenizer.decode(o, skip_special_tokens=True), "completion_ids": o} for o in outs]

@@ -56,6 +56,9 @@ def test_train_resume_export_reload(setup):
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   tok = transformers.AutoTokenizer.from_pretrained(out)
   assert tok.chat_template, "exported tokenizer lost its chat template"
+  # transformers and vLLM stop at the declared eos ids: the tokenizer's eos (end of turn) is among them.
+  declared = json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"]
+  assert tok.eos_token_id in (declared if isinstance(declared, list) else [declared])
   ids = tok.apply_chat_template([{"role": "user", "content": "Join apple and river."}],
                                 add_generation_prompt=True, tokenize=True, return_dict=False)
   ids = np.asarray([ids], np.int32)

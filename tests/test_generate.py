@@ -1,6 +1,8 @@
 """KV-cache decoding: equals a naive token-by-token loop whatever the padding, matches transformers'
 greedy `generate` and a full forward pass for every family, and samples reproducibly."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -253,27 +255,50 @@ def test_sharded_generation_matches_one_device():
 
 
 def test_cli_generate_json_matches_hf_greedy(tmp_path):
-  """`jaxtune generate --temperature 0 --json` on a tiny HF checkpoint gives transformers' greedy ids."""
+  """`jaxtune generate --temperature 0 --json` on a tiny HF checkpoint gives transformers' default greedy ids,
+  stopping where the checkpoint's generation_config.json says (as transformers and vLLM do)."""
   import json
 
   import torch
+  import transformers
 
   from tests.helpers.cli import jaxtune
   from tests.helpers.hf_models import make_tiny_hf
   from tests.helpers.tokenizers import make_tokenizer
   _, tok = make_tokenizer(str(tmp_path), template="llama3")
-  model_dir, hf = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok), seed=3)
+  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok), seed=3)
   tok.save_pretrained(model_dir)
   prompt, n = "What is the capital of France?", 10
+  (ids,) = G.encode_prompts(tok, [[{"role": "user", "content": prompt}]])
+  free = G.generate_ids(load_pretrained(model_dir), [ids], n, [], 0)[0]  # no stop token: n tokens
+  # The checkpoint declares its 4th greedy token as eos: both sides must stop right after it.
+  stop_at = free[3]
+  with open(os.path.join(model_dir, "generation_config.json"), "w") as f:
+    json.dump({"eos_token_id": [stop_at], "pad_token_id": 0}, f)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+  with torch.no_grad():
+    ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                      do_sample=False, max_new_tokens=n)
+  want = G._cut(ref[0, len(ids):].tolist(), [stop_at])
+  assert want == free[:free.index(stop_at) + 1] and len(want) <= 4
+
   p = jaxtune("generate", "--model", str(model_dir), "--prompt", prompt, "--max-new-tokens", str(n),
               "--temperature", "0", "--json")
   (out,) = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-  (ids,) = G.encode_prompts(tok, [[{"role": "user", "content": prompt}]])
-  stop = G.stop_token_ids(tok)
-  with torch.no_grad():
-    ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                      do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id, eos_token_id=stop)
-  want = G._cut(ref[0, len(ids):].tolist(), stop)
-  assert out["prompt"] == prompt and len(want) > 1
+  assert out["prompt"] == prompt
   assert out["completion_ids"] == want
   assert out["completion"] == tok.decode(want, skip_special_tokens=True)
+
+
+def test_stop_ids_follow_the_checkpoint(tmp_path):
+  import json
+
+  from tests.helpers.tokenizers import make_tokenizer
+  _, tok = make_tokenizer(str(tmp_path), template="chatml")
+  fallback = G.stop_token_ids(tok)  # nothing declared: the tokenizer's eos and the end-of-turn markers it knows
+  assert tok.eos_token_id in fallback and tok.convert_tokens_to_ids("<|im_end|>") in fallback
+  (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 7}))
+  assert G.stop_token_ids(tok, str(tmp_path)) == [7]
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [9, 8]}))
+  assert G.stop_token_ids(tok, str(tmp_path)) == [8, 9]
+  assert G.stop_token_ids(tok, str(tmp_path), end_of_turn=True) == sorted({8, 9, *fallback})

@@ -41,7 +41,7 @@ def from_samples(samples: Sequence[dict]) -> EvalResult:
 def exact_match(cfg, model, tokenizer) -> EvalResult:
   """Greedy replies to the held-out prompts (eval.prompts), the same sampling the training loop runs."""
   from jaxtune.train.prompt_eval import PromptSampler
-  _, samples = PromptSampler(cfg, tokenizer)(model)
+  _, samples = PromptSampler(cfg, tokenizer, cfg.model.path)(model)
   return from_samples(samples)
 
 

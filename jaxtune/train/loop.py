@@ -107,9 +107,16 @@ def _write_run_files(cfg: Config, tokenizer, model_dir: str, hf_config: dict | N
         json.dump(hf_config, f, indent=2, sort_keys=True)
     gen_path = os.path.join(src, "generation_config.json")
     eos_id = tokenizer.eos_token_id
-    if getattr(tokenizer, "jaxtune_added_tokens", None) and eos_id is not None and os.path.exists(gen_path):
-      with open(gen_path, encoding="utf-8") as f:
-        gen = json.load(f)
+    # The tokenizer's eos (the template's end-of-turn marker when data.chat_template set it) is
+    # declared, so that transformers and vLLM stop where the tuned model ends its turns.
+    if eos_id is not None:
+      if os.path.exists(gen_path):
+        with open(gen_path, encoding="utf-8") as f:
+          gen = json.load(f)
+      else:  # what transformers derives from config.json
+        with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
+          base = json.load(f)
+        gen = {k: base[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if base.get(k) is not None}
       old = gen.get("eos_token_id")
       old = [] if old is None else old if isinstance(old, list) else [old]
       if eos_id not in old:
@@ -224,7 +231,7 @@ def train(cfg: Config) -> TrainResult:
     sampler = None
     if cfg.eval.prompts:
       from jaxtune.train.prompt_eval import PromptSampler
-      sampler = PromptSampler(cfg, tokenizer)
+      sampler = PromptSampler(cfg, tokenizer, model_dir)
       if is_main:
         print(f"eval prompts: {len(sampler.prompts)} from {cfg.eval.prompts}, up to {sampler.max_new_tokens} "
               f"new tokens each", flush=True)

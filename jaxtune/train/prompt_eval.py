@@ -81,13 +81,14 @@ def new_token_budget(tokenizer, prompts: Sequence[EvalPrompt], max_new_tokens: i
 
 
 def sample(model, tokenizer, prompts: Sequence[EvalPrompt], *, max_new_tokens: int, temperature: float = 0.0,
-           seed: int = 0, batch_size: int = 64) -> tuple[dict[str, float], list[dict]]:
+           seed: int = 0, batch_size: int = 64, stop_ids: Sequence[int] | None = None
+           ) -> tuple[dict[str, float], list[dict]]:
   """(metrics, samples): one sample per prompt with its messages, completion, reference and
   `exact`; metrics hold `eval_exact_match` over the prompts with a reference (if any)."""
   from jaxtune.generate import generate
 
   outs = generate(model, tokenizer, [p.messages for p in prompts], max_new_tokens=max_new_tokens,
-                  temperature=temperature, seed=seed, batch_size=batch_size)
+                  temperature=temperature, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
   samples, hits = [], []
   for p, o in zip(prompts, outs):
     s = {"messages": p.messages, "completion": o["completion"], "reference": p.reference}
@@ -100,11 +101,17 @@ def sample(model, tokenizer, prompts: Sequence[EvalPrompt], *, max_new_tokens: i
 
 
 class PromptSampler:
-  """`sampler(model) -> (metrics, samples)` with the config's budget, temperature and seed."""
+  """`sampler(model) -> (metrics, samples)` with the config's budget, temperature and seed.
 
-  def __init__(self, cfg, tokenizer):
+  Replies stop at the eos ids `model_dir` declares, the tokenizer's eos and the end-of-turn
+  markers it knows (a base model tuned on a chat template learns to end turns with the
+  template's marker before its generation config says so)."""
+
+  def __init__(self, cfg, tokenizer, model_dir: str | None = None):
+    from jaxtune.generate import stop_token_ids
     self.prompts = read_eval_prompts(cfg.eval.prompts, strict=cfg.data.strict)
     self.tokenizer = tokenizer
+    self.stop_ids = stop_token_ids(tokenizer, model_dir, end_of_turn=True)
     self.max_new_tokens = new_token_budget(tokenizer, self.prompts, cfg.eval.max_new_tokens)
     self.temperature = cfg.eval.temperature
     self.seed = cfg.train.seed
@@ -112,7 +119,7 @@ class PromptSampler:
 
   def __call__(self, model) -> tuple[dict[str, float], list[dict]]:
     return sample(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
-                  temperature=self.temperature, seed=self.seed, batch_size=self.batch_size)
+                  temperature=self.temperature, seed=self.seed, batch_size=self.batch_size, stop_ids=self.stop_ids)
 
 
 def samples_markdown(samples: Sequence[dict], n: int) -> str:
