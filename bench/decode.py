@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -47,26 +46,12 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from results import parse_result  # noqa: E402  (bench/ is the script's own dir)
 
-RESULT_RE = re.compile(r"^RESULT (\w+) (.*)$")
 
 
 def host_peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def parse_result(line: str) -> tuple[str, dict[str, float]] | None:
-  m = RESULT_RE.match(line.strip())
-  if not m:
-    return None
-  vals = {}
-  for kv in m.group(2).split():
-    k, _, v = kv.partition("=")
-    try:
-      vals[k] = float(v)
-    except ValueError:
-      vals[k] = float("nan")
-  return m.group(1), vals
 
 
 def demo_model_dir() -> str:

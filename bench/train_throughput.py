@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from results import parse_result  # noqa: E402  (bench/ is the script's own dir)
 
 # Shapes: HF config.json fields (a LlamaForCausalLM), default seq_len and batch.
 _LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", attention_bias=False,
@@ -77,7 +77,6 @@ SHAPES = {
 }
 # The optimizer both sides use (constant lr: the schedule is not what is measured).
 OPTIM = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, clip_norm=1.0)
-RESULT_RE = re.compile(r"^RESULT (\w+) (.*)$")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,20 +393,6 @@ def run_torch(a, hf: dict, data: dict[str, np.ndarray]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parent
-
-def parse_result(line: str) -> tuple[str, dict[str, float]] | None:
-  m = RESULT_RE.match(line.strip())
-  if not m:
-    return None
-  vals = {}
-  for kv in m.group(2).split():
-    k, _, v = kv.partition("=")
-    try:
-      vals[k] = float(v)
-    except ValueError:
-      vals[k] = float("nan")
-  return m.group(1), vals
-
 
 def _child(side: str, a, data_path: str) -> tuple[int, dict | None]:
   """Runs one side in a child process, echoing its output; returns (exit code, its RESULT figures)."""

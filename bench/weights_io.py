@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +45,6 @@ from pathlib import Path
 import numpy as np
 
 GB = 1e9
-RESULT_RE = re.compile(r"^RESULT (\w+) (.*)$")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,20 +271,6 @@ def _params(model):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parent
-
-def parse_result(line: str) -> tuple[str, dict[str, float]] | None:
-  m = RESULT_RE.match(line.strip())
-  if not m:
-    return None
-  vals = {}
-  for kv in m.group(2).split():
-    k, _, v = kv.partition("=")
-    try:
-      vals[k] = float(v)
-    except ValueError:
-      pass
-  return m.group(1), vals
-
 
 def run_case(a, ckpt: Path, devices: int, total: int, largest: int) -> dict | None:
   out = Path(a.work) / f"export-{devices}"
