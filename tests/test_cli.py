@@ -73,6 +73,14 @@ def test_train_resume_export_reload(setup):
   with torch.no_grad():
     assert np.abs(base(torch.tensor(ids, dtype=torch.long)).logits.numpy() - ref).max() > 1e-3
 
+  # Generation from the run dir (its latest checkpoint, hf_source/ tokenizer) equals generation from the export.
+  def gen(model):
+    p = jaxtune("generate", "--model", model, "--prompt", "Join apple and river.", "--max-new-tokens", "6", "--json")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+
+  from_run, from_export = gen(run), gen(out)
+  assert len(from_run) == 1 and from_run == from_export and from_run[0]["completion_ids"]
+
 
 def test_config_typo_names_the_key(setup):
   tmp, model_dir, data = setup
