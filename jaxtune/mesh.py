@@ -116,8 +116,9 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint on an activation by logical names; a no-op outside a mesh."""
+  """Sharding constraint on an array by logical names (mesh axes that do not divide a dimension are
+  dropped); a no-op outside a mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty or not mesh.axis_names:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, mesh))
+  return jax.lax.with_sharding_constraint(x, sharding_for(names, x.shape, mesh))

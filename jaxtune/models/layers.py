@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtune.mesh import constrain
 from jaxtune.models.config import RopeConfig
 
 INIT_STD = 0.02  # HF initializer_range
@@ -60,7 +61,11 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, ids_BT: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding[...], ids_BT, axis=0).astype(self.dtype)
+    # The table is gathered over its FSDP-sharded embed dim first (as FSDP gathers every weight before use):
+    # a lookup straight from it gives rows sharded over embed, which XLA then fully replicates to reshard
+    # them over the batch ("involuntary full rematerialization"). The vocab dim may stay sharded.
+    table_VD = constrain(self.embedding[...], ("vocab", None))
+    return jnp.take(table_VD, ids_BT, axis=0).astype(self.dtype)
 
   def attend(self, h_BTD: jax.Array) -> jax.Array:
     return jnp.einsum("btd,vd->btv", h_BTD.astype(self.dtype), self.embedding[...].astype(self.dtype),

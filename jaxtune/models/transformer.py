@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtune.mesh import constrain, sharding_for
+from jaxtune.mesh import constrain
 from jaxtune.models.attention import Attention, cache_write
 from jaxtune.models.config import ModelConfig
 from jaxtune.models.layers import MLP, Embed, Linear, RMSNorm
@@ -153,15 +153,6 @@ class CausalLM(nnx.Module):
     w = self.config.window(layer)
     return w if w is not None and w < max_len else max_len
 
-  @staticmethod
-  def _shard_cache(x: jax.Array, names) -> jax.Array:
-    """Sharding constraint by logical names (mesh axes that do not divide a dimension are dropped); a no-op
-    outside a mesh context."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or not mesh.axis_names:
-      return x
-    return jax.lax.with_sharding_constraint(x, sharding_for(names, x.shape, mesh))
-
   def init_cache(self, batch: int, max_len: int, dtype=None) -> dict[str, Any]:
     """An empty KV cache for columns 0..max_len-1: per layer k/v [B, K, S, H] and per-slot segment ids
     (0 = empty) and positions.
@@ -174,8 +165,8 @@ class CausalLM(nnx.Module):
     dtype = self.dtype if dtype is None else dtype
     lens = [self.cache_len(i, max_len) for i in range(cfg.num_layers)]
     H = cfg.head_dim
-    kv = lambda S: self._shard_cache(jnp.zeros((batch, cfg.num_kv_heads, S, H), dtype), self.CACHE_AXES)  # noqa: E731
-    slots = lambda S: self._shard_cache(jnp.zeros((batch, S), jnp.int32), self.CACHE_SLOT_AXES)  # noqa: E731
+    kv = lambda S: constrain(jnp.zeros((batch, cfg.num_kv_heads, S, H), dtype), self.CACHE_AXES)  # noqa: E731
+    slots = lambda S: constrain(jnp.zeros((batch, S), jnp.int32), self.CACHE_SLOT_AXES)  # noqa: E731
     cache = {"k": [kv(S) for S in lens], "v": [kv(S) for S in lens],
              "segment_ids": slots(max_len), "positions": slots(max_len)}
     rings = {S for S in lens if S < max_len}  # one window for every sliding layer
@@ -195,21 +186,21 @@ class CausalLM(nnx.Module):
     seg_Bt = jnp.ones((B, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     pos_Bt = positions.astype(jnp.int32)
     index = jnp.asarray(cache_index, jnp.int32)
-    x_BtD = self._shard_cache(self._embed(input_ids), ACT)
+    x_BtD = constrain(self._embed(input_ids), ACT)
     ks, vs = [], []
     for i, (layer, k_BKSH, v_BKSH) in enumerate(zip(self.model.layers, cache["k"], cache["v"])):
       pre = "ring_" if self.cache_len(i, S) < S else ""
       x_BtD, k_BKSH, v_BKSH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BKSH, v_BKSH, cache[pre + "segment_ids"],
                                            cache[pre + "positions"], index)
-      x_BtD = self._shard_cache(x_BtD, ACT)
-      ks.append(self._shard_cache(k_BKSH, self.CACHE_AXES))
-      vs.append(self._shard_cache(v_BKSH, self.CACHE_AXES))
+      x_BtD = constrain(x_BtD, ACT)
+      ks.append(constrain(k_BKSH, self.CACHE_AXES))
+      vs.append(constrain(v_BKSH, self.CACHE_AXES))
     new_cache = {"k": ks, "v": vs}
     for pre in ("", "ring_"):
       for name, block_Bt in (("segment_ids", seg_Bt), ("positions", pos_Bt)):
         if pre + name in cache:
           new = cache_write(cache[pre + name], block_Bt, index, ring=pre == "ring_")
-          new_cache[pre + name] = self._shard_cache(new, self.CACHE_SLOT_AXES)
+          new_cache[pre + name] = constrain(new, self.CACHE_SLOT_AXES)
     return self.model.norm(x_BtD), new_cache
 
   def decode(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,
