@@ -119,15 +119,18 @@ def resolve_impl(requested: str | None, platform: str, *, dtype, head_dim: int, 
 
 
 # -- cuDNN ---------------------------------------------------------------------
-def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float, window: int | None) -> jax.Array:
-  """Causal attention on cuDNN; the window as cuDNN's left window, segments as a dense mask (bias)."""
+def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float, window: int | None,
+                    implementation: str = "cudnn") -> jax.Array:
+  """Causal attention on cuDNN; the window as cuDNN's left window, segments as a dense mask (bias).
+
+  `implementation="xla"` runs the same call on XLA (how the translation is tested without a GPU)."""
   T = q_BTNH.shape[1]
   mask = None
   if segment_ids_BT is not None:
     mask = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
   local = (window - 1, 0) if window is not None and window < T else None  # a query sees itself + window-1 before
   return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask, scale=scale, is_causal=True,
-                                      local_window_size=local, implementation="cudnn")
+                                      local_window_size=local, implementation=implementation)
 
 
 # -- Splash (TPU Pallas) -------------------------------------------------------

@@ -121,6 +121,17 @@ def test_splash_block_sizes():
                                                                                        512, 512]
 
 
+@pytest.mark.parametrize("packed, window", [(False, None), (False, 37), (True, None), (True, 37)])
+def test_cudnn_call_translates_our_masks(packed, window):
+  """The arguments the cuDNN path passes (left window, segment mask, causal), run on XLA, equal our dense-mask
+  path: what cuDNN is asked to compute is right (test_cudnn_equals_xla checks cuDNN computes it, on a GPU)."""
+  q, k, v = qkv(B=2, T=128, N=4, K=2, H=64)
+  seg = packed_segments(2, 128) if packed else None
+  out = kernels.cudnn_attention(q, k, v, seg, scale=0.2, window=window, implementation="xla")
+  ref = xla_attention(q, k, v, seg, scale=0.2, window=window, softcap=None)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-6)
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (run with JAX_PLATFORMS=cuda)")
 @pytest.mark.parametrize("packed, window", [(False, None), (False, 37), (True, None), (True, 37)])
 def test_cudnn_equals_xla(packed, window):
