@@ -104,6 +104,8 @@ def cmd_generate(argv: list[str]) -> int:
   g.add_argument("--prompts", help="JSONL file, one {\"prompt\": ...} or {\"messages\": [...]} per line "
                  "(a trailing assistant turn is dropped)")
   p.add_argument("--system", default=None)
+  p.add_argument("--chat-template", default="",
+                 help="for models without one: a built-in (llama3, chatml) or a .jinja file")
   p.add_argument("--max-new-tokens", type=int, default=128)
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
   p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
@@ -128,7 +130,10 @@ def cmd_generate(argv: list[str]) -> int:
     from jaxtune.weights.hf_load import resolve_model_dir
     model_dir = str(resolve_model_dir(a.model))
     model = jaxtune.load_pretrained(model_dir)
-  tokenizer = load_tokenizer(model_dir)
+  tokenizer = load_tokenizer(model_dir, a.chat_template)
+  if len(tokenizer) > model.config.vocab_size:  # --chat-template added special tokens (as training would)
+    from jaxtune.models.resize import resize_vocab
+    resize_vocab(model, len(tokenizer), pad_to_multiple_of=128)
   if a.prompt is not None:
     prompts = [[{"role": "user", "content": a.prompt}]]
   else:  # the eval.prompts forms; a bad line is an error naming file:line
@@ -190,9 +195,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   from jaxtune.config import ConfigError
   from jaxtune.data.chat import DropExample
   from jaxtune.data.examples import DataError
+  from jaxtune.data.templates import TemplateError
   from jaxtune.train.loop import TrainingError
   from jaxtune.weights.hf_load import CheckpointError
-  return (ConfigError, DataError, DropExample, TrainingError, CheckpointError, FileNotFoundError)
+  return (ConfigError, DataError, DropExample, TemplateError, TrainingError, CheckpointError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

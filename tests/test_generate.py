@@ -302,3 +302,23 @@ def test_stop_ids_follow_the_checkpoint(tmp_path):
   (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [9, 8]}))
   assert G.stop_token_ids(tok, str(tmp_path)) == [8, 9]
   assert G.stop_token_ids(tok, str(tmp_path), end_of_turn=True) == sorted({8, 9, *fallback})
+
+
+def test_cli_generate_without_a_chat_template(tmp_path):
+  """A checkpoint whose tokenizer has no chat template: one clear error line, or --chat-template."""
+  import json
+
+  from tests.helpers.cli import jaxtune
+  from tests.helpers.hf_models import make_tiny_hf
+  from tests.helpers.tokenizers import make_tokenizer
+  _, tok = make_tokenizer(str(tmp_path), template="llama3")
+  tok.chat_template = None
+  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
+  tok.save_pretrained(model_dir)
+  p = jaxtune("generate", "--model", str(model_dir), "--prompt", "hi", check=False)
+  assert p.returncode == 1 and "Traceback" not in p.stderr
+  assert "has no chat template" in p.stderr and "--chat-template" in p.stderr
+  p = jaxtune("generate", "--model", str(model_dir), "--prompt", "hi", "--chat-template", "llama3",
+              "--max-new-tokens", "3", "--json")
+  (out,) = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+  assert 1 <= len(out["completion_ids"]) <= 3

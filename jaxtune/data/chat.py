@@ -76,9 +76,9 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
           chat_template, model_path, ", ".join(f"{t}={i}" for t, i in added.items()), len(tok), tok.eos_token,
           tok.pad_token)
   elif not tok.chat_template:
-    raise ValueError(
-        f"the tokenizer at {model_path!r} has no chat template: set data.chat_template to a built-in "
-        f"({sorted(templates.BUILTIN)}) or a .jinja file")
+    raise templates.TemplateError(
+        f"the tokenizer at {model_path!r} has no chat template: set data.chat_template (jaxtune train) or "
+        f"--chat-template (jaxtune generate) to a built-in ({sorted(templates.BUILTIN)}) or a .jinja file")
   return tok
 
 

@@ -40,6 +40,10 @@ TURN_TAGS = ("<start_of_turn>", "<end_of_turn>")
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<|end|>")
 
 
+class TemplateError(ValueError):
+  """No usable chat template: the tokenizer has none and none was given, or the given one is unknown."""
+
+
 def resolve(name_or_path: str) -> str:
   """A built-in template by name, or the text of a .jinja file."""
   if name_or_path in BUILTIN:
@@ -47,5 +51,5 @@ def resolve(name_or_path: str) -> str:
   if os.path.isfile(name_or_path):
     with open(name_or_path, encoding="utf-8") as f:
       return f.read()
-  raise ValueError(
-      f"data.chat_template={name_or_path!r} is neither a built-in ({sorted(BUILTIN)}) nor a readable file")
+  raise TemplateError(
+      f"chat template {name_or_path!r} is neither a built-in ({sorted(BUILTIN)}) nor a readable file")
