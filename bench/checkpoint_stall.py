@@ -10,13 +10,11 @@ steady-state steps, for async and sync saves. Prints one RESULT line.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -5,7 +5,6 @@ takes the same code path as with gcsfs installed; like GCS it refuses to append 
 """
 
 import importlib
-import json
 import os
 
 import pytest
