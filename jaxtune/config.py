@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""  # HF model dir or hub id
-  c.model.dtype = "float32"  # compute dtype
+  c.model.dtype = "auto"  # compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU
   c.model.param_dtype = "float32"  # master weights
   c.model.remat = "none"
   # attention implementation of the full forward: "auto" picks per platform (GPU: cuDNN where it can run the
@@ -124,13 +124,13 @@ def _check(ok: bool, key: str, msg: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class ModelCfg:
   path: str
-  dtype: str = "float32"
+  dtype: str = "auto"
   param_dtype: str = "float32"
   remat: str = "none"
   attention: str = "auto"
 
   def __post_init__(self):
-    _check(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r} not in {DTYPES}")
+    _check(self.dtype in DTYPES + ("auto",), "model.dtype", f"{self.dtype!r} not in {DTYPES + ('auto',)}")
     _check(self.param_dtype in DTYPES, "model.param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
     _check(self.remat in REMAT, "model.remat", f"{self.remat!r} not in {REMAT}")
     _check(self.attention in ATTENTION, "model.attention", f"{self.attention!r} not in {ATTENTION}")

@@ -18,7 +18,7 @@ from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
 from jaxtune.config import Config
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.loop import DTYPES, HF_SOURCE, attach_lora
+from jaxtune.train.loop import DTYPES, HF_SOURCE, attach_lora, compute_dtype
 
 
 def load_run_config(run_dir: str) -> Config:
@@ -44,7 +44,7 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   cfg = load_run_config(run_dir)
   hf_config = rundir.read_json(rundir.join(run_dir, HF_SOURCE, "config.json"))
   mesh = mesh or mesh_lib.make_mesh(data=1, fsdp=-1, tensor=1)
-  dtype, param_dtype = DTYPES[cfg.model.dtype], DTYPES[cfg.model.param_dtype]
+  dtype, param_dtype = compute_dtype(cfg.model.dtype), DTYPES[cfg.model.param_dtype]
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)

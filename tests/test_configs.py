@@ -203,3 +203,14 @@ def test_slurm_sets_jax_env_per_task(tmp_path, tasks_per_node):
   assert [e[3] for e in envs] == ([str(i % tasks_per_node) for i in range(ntasks)] if tasks_per_node > 1
                                   else [""] * ntasks)
   assert _args(p.stdout) == ["train", "--config", "configs/llama3_1_8b_h100x8.py", *TRICKY] * ntasks
+
+
+def test_auto_compute_dtype():
+  import jax
+  import jax.numpy as jnp
+
+  from jaxtune.config import default_config
+  from jaxtune.train.loop import compute_dtype
+  assert default_config().model.dtype == "auto"
+  assert jax.default_backend() == "cpu" and compute_dtype("auto") == jnp.float32  # bfloat16 on GPU/TPU
+  assert compute_dtype("bfloat16") == jnp.bfloat16

@@ -39,6 +39,13 @@ from jaxtune.train.step import jit_train_step
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: str):
+  """model.dtype as a jnp dtype; "auto" is bfloat16 on accelerators (GPU, TPU) and float32 on CPU."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return DTYPES[name]
 HF_SOURCE = "hf_source"  # RUN_DIR/hf_source: config.json, generation_config.json, tokenizer files
 
 # Config fields that decide which tokens a resumed run sees, in which order.
@@ -188,8 +195,9 @@ def train(cfg: Config) -> TrainResult:
           f"packing efficiency {stats.get('packing_efficiency', float('nan')):.3f}", flush=True)
 
   with jax.set_mesh(mesh):
-    model = load_pretrained(model_dir, dtype=DTYPES[cfg.model.dtype], param_dtype=DTYPES[cfg.model.param_dtype],
-                            mesh=mesh, remat=cfg.model.remat, attention_impl=cfg.model.attention)
+    model = load_pretrained(model_dir, dtype=compute_dtype(cfg.model.dtype),
+                            param_dtype=DTYPES[cfg.model.param_dtype], mesh=mesh, remat=cfg.model.remat,
+                            attention_impl=cfg.model.attention)
     if len(tokenizer) > model.config.vocab_size:  # special tokens data.chat_template needed were added
       from jaxtune.models.resize import resize_vocab
       old_vocab = model.config.vocab_size
