@@ -37,6 +37,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=launch/common.bash
+source "$ROOT/launch/common.bash"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "tpu_vm.sh: $*" >&2; exit 1; }
@@ -65,16 +67,7 @@ REMOTE_DIR=${REMOTE_DIR:-'$HOME/jaxtune'}
 REMOTE_VENV=${REMOTE_VENV:-'$HOME/jaxtune-venv'}
 FORWARD_ENV=${FORWARD_ENV:-HF_TOKEN}
 
-# The config must be a file of this checkout, named relative to its root (the workers' copy).
-config_file=${CONFIG%%:*}
-if [[ -f "$config_file" ]]; then
-  abs="$(cd "$(dirname "$config_file")" && pwd)/$(basename "$config_file")"
-  rel=${abs#"$ROOT"/}
-  [[ "$rel" != "$abs" ]] || die "$config_file is outside $ROOT: the workers only get this checkout"
-  CONFIG=$rel${CONFIG#"$config_file"}
-  config_file=$rel
-fi
-[[ -f "$ROOT/$config_file" ]] || die "no config file $ROOT/$config_file"
+checkout_config "$CONFIG"  # launch/common.bash: the config, relative to this checkout
 
 run() {
   if [[ "$DRY_RUN" == 1 ]]; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi

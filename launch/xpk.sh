@@ -28,6 +28,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=launch/common.bash
+source "$ROOT/launch/common.bash"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "xpk.sh: $*" >&2; exit 1; }
@@ -42,15 +44,7 @@ XPK=${XPK:-xpk}
 JAX_PIP=${JAX_PIP:-jax[tpu]}
 FORWARD_ENV=${FORWARD_ENV:-HF_TOKEN}
 
-config_file=${CONFIG%%:*}
-if [[ -f "$config_file" ]]; then
-  abs="$(cd "$(dirname "$config_file")" && pwd)/$(basename "$config_file")"
-  rel=${abs#"$ROOT"/}
-  [[ "$rel" != "$abs" ]] || die "$config_file is outside $ROOT: the workload only gets this checkout"
-  CONFIG=$rel${CONFIG#"$config_file"}
-  config_file=$rel
-fi
-[[ -f "$ROOT/$config_file" ]] || die "no config file $ROOT/$config_file"
+checkout_config "$CONFIG"  # launch/common.bash: the config, relative to this checkout
 
 stem=$(basename "$config_file" .py | tr '[:upper:]_.' '[:lower:]--')
 WORKLOAD=${WORKLOAD:-jt-$stem-$(date +%H%M%S)}

@@ -106,6 +106,11 @@ def test_launch_script_is_valid_bash(path):
   assert os.access(path, os.X_OK), f"{path} is not executable"
 
 
+def test_launch_library_is_valid_bash():
+  """launch/common.bash is sourced by the scripts, not run."""
+  subprocess.run(["bash", "-n", str(ROOT / "launch" / "common.bash")], check=True)
+
+
 TRICKY = ["--config.train.steps=5", "--config.data.train=({'path': 'my data.jsonl', 'format': 'messages'},)",
           '--config.run.dir=/runs/a "b" $HOME']
 
