@@ -7,16 +7,13 @@ import numpy as np
 import pytest
 
 from tests.helpers.cli import ROOT, chat_records, jaxtune
-from tests.helpers.hf_models import make_tiny_hf
-from tests.helpers.tokenizers import make_tokenizer
+from tests.helpers.hf_models import make_tiny_chat_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("e2e")
-  _, tok = make_tokenizer(str(tmp), template="llama3")
-  model_dir, _ = make_tiny_hf(str(tmp / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp, "llama")
   lines = chat_records()
   lines.insert(5, "{not json")
   lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no reply"}]}))

@@ -263,11 +263,8 @@ def test_cli_generate_json_matches_hf_greedy(tmp_path):
   import transformers
 
   from tests.helpers.cli import jaxtune
-  from tests.helpers.hf_models import make_tiny_hf
-  from tests.helpers.tokenizers import make_tokenizer
-  _, tok = make_tokenizer(str(tmp_path), template="llama3")
-  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok), seed=3)
-  tok.save_pretrained(model_dir)
+  from tests.helpers.hf_models import make_tiny_chat_model
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama", seed=3)
   prompt, n = "What is the capital of France?", 10
   (ids,) = G.encode_prompts(tok, [[{"role": "user", "content": prompt}]])
   free = G.generate_ids(load_pretrained(model_dir), [ids], n, [], 0)[0]  # no stop token: n tokens
@@ -309,12 +306,8 @@ def test_cli_generate_without_a_chat_template(tmp_path):
   import json
 
   from tests.helpers.cli import jaxtune
-  from tests.helpers.hf_models import make_tiny_hf
-  from tests.helpers.tokenizers import make_tokenizer
-  _, tok = make_tokenizer(str(tmp_path), template="llama3")
-  tok.chat_template = None
-  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  from tests.helpers.hf_models import make_tiny_chat_model
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama", chat_template="")  # no chat template
   p = jaxtune("generate", "--model", str(model_dir), "--prompt", "hi", check=False)
   assert p.returncode == 1 and "Traceback" not in p.stderr
   assert "has no chat template" in p.stderr and "--chat-template" in p.stderr

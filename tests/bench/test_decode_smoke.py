@@ -12,15 +12,12 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import decode as bench  # noqa: E402
 
-from tests.helpers.hf_models import make_tiny_hf  # noqa: E402
-from tests.helpers.tokenizers import make_tokenizer  # noqa: E402
+from tests.helpers.hf_models import make_tiny_chat_model  # noqa: E402
 
 
 def test_tiny_model_vs_torch(tmp_path):
   pytest.importorskip("torch")
-  _, tok = make_tokenizer(str(tmp_path), template="llama3")
-  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama")
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c}]}) + "\n"
                              for c in ("Hello!", "What is the capital of France? Answer briefly.")))

@@ -117,3 +117,14 @@ def packed_batch(lengths: list[list[int]], T: int, vocab: int, seed: int = 0):
       start += n
     assert start <= T
   return ids, pos, seg
+
+
+def make_tiny_chat_model(tmp_path: str | Path, family: str = "llama", *, template: str = "llama3",
+                         chat_template: str | None = None, seed: int = 0, **overrides: Any):
+  """A tiny HF checkpoint with a locally trained tokenizer saved beside it (its vocabulary sized to the
+  tokenizer; `template`/`chat_template` as in `make_tokenizer`); returns (dir, tokenizer)."""
+  from tests.helpers.tokenizers import make_tokenizer
+  _, tok = make_tokenizer(str(tmp_path), template=template, chat_template=chat_template)
+  model_dir, _ = make_tiny_hf(Path(tmp_path) / "model", family=family, vocab_size=len(tok), seed=seed, **overrides)
+  tok.save_pretrained(model_dir)
+  return model_dir, tok

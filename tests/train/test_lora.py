@@ -17,8 +17,7 @@ from jaxtune.train.optim import make_optimizer
 from jaxtune.train.state import init_state, state_shardings
 from jaxtune.train.step import jit_train_step
 from tests.helpers.cli import chat_records, jaxtune
-from tests.helpers.hf_models import make_tiny_hf
-from tests.helpers.tokenizers import make_tokenizer
+from tests.helpers.hf_models import make_tiny_chat_model
 from tests.train.test_step import CFG, packed_batch
 
 ALL = ("q", "k", "v", "o", "gate", "up", "down")
@@ -56,9 +55,7 @@ def test_training_moves_only_adapters():
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("lora")
-  _, tok = make_tokenizer(str(tmp), template="chatml")
-  model_dir, _ = make_tiny_hf(str(tmp / "model"), family="qwen2", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp, "qwen2", template="chatml")
   data = tmp / "chat.jsonl"
   data.write_text("\n".join(chat_records(32)) + "\n")
   run = str(tmp / "run")

@@ -9,8 +9,7 @@ import subprocess
 import numpy as np
 
 from tests.helpers import cli
-from tests.helpers.hf_models import make_tiny_hf
-from tests.helpers.tokenizers import make_tokenizer
+from tests.helpers.hf_models import make_tiny_chat_model
 
 
 def free_port() -> int:
@@ -20,9 +19,7 @@ def free_port() -> int:
 
 
 def test_two_processes_equal_one(tmp_path):
-  _, tok = make_tokenizer(str(tmp_path), template="chatml")
-  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama", template="chatml")
   data = tmp_path / "chat.jsonl"
   data.write_text("\n".join(cli.chat_records(64)) + "\n")
   prompts = tmp_path / "prompts.jsonl"  # sampled at the last step, with the model sharded over both processes

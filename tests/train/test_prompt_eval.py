@@ -13,7 +13,7 @@ from jaxtune.data.examples import DataError
 from jaxtune.generate import generate
 from jaxtune.train.prompt_eval import exact_match, new_token_budget, read_eval_prompts
 from tests.helpers.cli import ROOT, chat_records
-from tests.helpers.hf_models import make_tiny_hf
+from tests.helpers.hf_models import make_tiny_chat_model
 from tests.helpers.tokenizers import make_tokenizer
 
 USER = {"role": "user", "content": "Join apple and river."}
@@ -76,9 +76,7 @@ def _tiny_config(model_dir, data, run_dir, **overrides):
 def test_training_writes_samples_and_exact_match(tmp_path):
   from jaxtune.train.loop import train
 
-  _, tok = make_tokenizer(str(tmp_path))
-  model_dir, _ = make_tiny_hf(str(tmp_path / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama")
   data = _write_jsonl(tmp_path / "chat.jsonl", chat_records(16))
   convs = [[{"role": "user", "content": f"Join {w} and stone."}] for w in ("apple", "river", "cloud", "music")]
   base = generate(jaxtune.load_pretrained(model_dir), tok, convs, max_new_tokens=6)

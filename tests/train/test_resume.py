@@ -16,16 +16,13 @@ from jaxtune.models import ModelConfig, build_model
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.state import init_state
 from tests.helpers import cli
-from tests.helpers.hf_models import make_tiny_hf
-from tests.helpers.tokenizers import make_tokenizer
+from tests.helpers.hf_models import make_tiny_chat_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("resume")
-  _, tok = make_tokenizer(str(tmp), template="llama3")
-  model_dir, _ = make_tiny_hf(str(tmp / "model"), family="llama", vocab_size=len(tok))
-  tok.save_pretrained(model_dir)
+  model_dir, tok = make_tiny_chat_model(tmp, "llama")
   a, b = tmp / "a.jsonl", tmp / "b.jsonl"
   a.write_text("\n".join(cli.chat_records(40, seed=0)) + "\n")
   b.write_text("\n".join(cli.chat_records(40, seed=3)) + "\n")
