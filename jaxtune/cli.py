@@ -131,9 +131,8 @@ def cmd_generate(argv: list[str]) -> int:
     model_dir = str(resolve_model_dir(a.model))
     model = jaxtune.load_pretrained(model_dir)
   tokenizer = load_tokenizer(model_dir, a.chat_template)
-  if len(tokenizer) > model.config.vocab_size:  # --chat-template added special tokens (as training would)
-    from jaxtune.models.resize import resize_vocab
-    resize_vocab(model, len(tokenizer), pad_to_multiple_of=128)
+  from jaxtune.models.resize import grow_for_tokenizer
+  grow_for_tokenizer(model, tokenizer)  # tokens --chat-template added, as training would
   if a.prompt is not None:
     prompts = [[{"role": "user", "content": a.prompt}]]
   else:  # the eval.prompts forms; a bad line is an error naming file:line

@@ -94,3 +94,34 @@ def test_no_valid_example_is_an_error(setup):
               check=False)
   assert p.returncode != 0
   assert "bad.jsonl:1" in p.stderr + p.stdout, p.stderr
+
+
+def test_base_model_with_a_template_that_adds_tokens(tmp_path):
+  """A base model whose tokenizer has no chat template, tuned with data.chat_template=llama3: the tokens the
+  template needs are added, the vocabulary grows, and the export reloads in transformers with the grown
+  vocabulary, identical logits, and the template's end-of-turn marker declared as eos (where it stops)."""
+  import torch
+  import transformers
+
+  from jaxtune.export import restore_model
+  model_dir, tok = make_tiny_chat_model(tmp_path, "llama", template="chatml", chat_template="")
+  data = tmp_path / "chat.jsonl"
+  data.write_text("\n".join(chat_records(16)) + "\n")
+  run, out = str(tmp_path / "run"), str(tmp_path / "hf")
+  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}",
+              "--config.train.steps=2", "--config.data.chat_template=llama3")
+  assert f"vocabulary {len(tok)} -> 384" in p.stdout, p.stdout
+  jaxtune("export", "--run", run, "--out", out)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  new_tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert hf.config.vocab_size == 384 and len(new_tok) == len(tok) + 4
+  eot = new_tok.convert_tokens_to_ids("<|eot_id|>")
+  assert new_tok.eos_token_id == eot and eot in hf.generation_config.eos_token_id
+  ids = np.asarray([new_tok.apply_chat_template([{"role": "user", "content": "Join apple and river."}],
+                                                add_generation_prompt=True, tokenize=True, return_dict=False)])
+  assert eot in new_tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                            tokenize=True, return_dict=False)
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+  model, _, _ = restore_model(run)
+  assert np.abs(np.asarray(model(ids)) - ref).max() / np.abs(ref).max() <= 1e-5

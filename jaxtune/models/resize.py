@@ -70,3 +70,16 @@ def resize_vocab(model, new_vocab_size: int, *, pad_to_multiple_of: int | None =
   if hf is not None:
     model.hf_config = {**hf, "vocab_size": new}
   return new
+
+
+VOCAB_MULTIPLE = 128  # a grown vocabulary is padded to this (shards evenly over tensor axes)
+
+
+def grow_for_tokenizer(model, tokenizer) -> int | None:
+  """Grows `model`'s vocabulary to cover `len(tokenizer)` (special tokens a chat template added), padded
+  to VOCAB_MULTIPLE; returns the old size when it grew, else None."""
+  old = model.config.vocab_size
+  if len(tokenizer) <= old:
+    return None
+  resize_vocab(model, len(tokenizer), pad_to_multiple_of=VOCAB_MULTIPLE)
+  return old

@@ -30,6 +30,7 @@ import jaxtune
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
 from jaxtune.config import Config
+from jaxtune.models.resize import grow_for_tokenizer
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.metrics import MetricsWriter, flops_per_token, mfu
 from jaxtune.train.optim import make_optimizer
@@ -198,10 +199,8 @@ def train(cfg: Config) -> TrainResult:
     model = load_pretrained(model_dir, dtype=compute_dtype(cfg.model.dtype),
                             param_dtype=DTYPES[cfg.model.param_dtype], mesh=mesh, remat=cfg.model.remat,
                             attention_impl=cfg.model.attention)
-    if len(tokenizer) > model.config.vocab_size:  # special tokens data.chat_template needed were added
-      from jaxtune.models.resize import resize_vocab
-      old_vocab = model.config.vocab_size
-      resize_vocab(model, len(tokenizer), pad_to_multiple_of=128)
+    old_vocab = grow_for_tokenizer(model, tokenizer)  # special tokens data.chat_template needed were added
+    if old_vocab is not None:
       if is_main:
         print(f"vocabulary {old_vocab} -> {model.config.vocab_size} for the added tokens "
               f"{getattr(tokenizer, 'jaxtune_added_tokens', {})}; new rows = the mean of the old ones", flush=True)
