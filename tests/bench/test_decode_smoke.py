@@ -16,7 +16,6 @@ from tests.helpers.hf_models import make_tiny_chat_model  # noqa: E402
 
 
 def test_tiny_model_vs_torch(tmp_path):
-  pytest.importorskip("torch")
   model_dir, tok = make_tiny_chat_model(tmp_path, "llama")
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c}]}) + "\n"

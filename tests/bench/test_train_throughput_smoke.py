@@ -13,7 +13,6 @@ import train_throughput as tt  # noqa: E402
 
 
 def test_micro_two_steps_vs_torch():
-  pytest.importorskip("torch")
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""  # one CPU device, not the 8 fake devices of tests/conftest.py
   env["JAX_PLATFORMS"] = "cpu"

@@ -33,7 +33,6 @@ def _logits(model, ids, mesh):
     return np.asarray(model(jnp.asarray(ids, jnp.int32)))
 
 
-@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices")
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_resize_for_added_template_tokens(base_tok, tie, tmp_path):
   old_tok = chat.load_tokenizer(base_tok)
