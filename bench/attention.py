@@ -1,7 +1,8 @@
 """A fast attention path against the XLA path, in the same run: equal values and gradients, then time.
 
 For the implementations `model.attention` picks per platform (jaxtune/models/attention_kernels.py): cuDNN
-on a CUDA GPU, the splash kernel on a TPU (or `splash_interpret` anywhere, slowly: a check, not a timing).
+on a CUDA GPU, the splash kernel on a TPU (or `splash_interpret` anywhere, slowly: a check, not a timing),
+blockwise anywhere (bench/blockwise_attention.py compares it with XLA over several lengths, with memory).
 It first checks the fast path's forward output and its gradients against the XLA path on the same inputs
 (max |diff| relative to the largest value), failing (exit 1) past `--tol`, then times forward + backward of
 both and prints RESULT lines with ms, attention TFLOP/s and, where the device reports it, the peak device
@@ -49,6 +50,9 @@ def xla(q, k, v, seg, *, scale, window, softcap):
 
 
 def fast(impl, q, k, v, seg, *, scale, window, softcap):
+  if impl == "blockwise":
+    return kernels.blockwise_attention(q, k, v, seg, scale=scale, window=window, softcap=softcap,
+                                       block=kernels.blockwise_block(jax.default_backend()))
   if impl == "cudnn":
     assert softcap is None, "cuDNN has no softcap"
     return kernels.cudnn_attention(q, k, v, seg, scale=scale, window=window)
@@ -85,7 +89,7 @@ def peak_mem_mb() -> float:
 
 def main() -> int:
   p = argparse.ArgumentParser()
-  p.add_argument("--impl", choices=("cudnn", "splash", "splash_interpret"), default="cudnn")
+  p.add_argument("--impl", choices=("cudnn", "splash", "splash_interpret", "blockwise"), default="cudnn")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--seq-len", type=int, default=4096)
   p.add_argument("--heads", type=int, default=32)

@@ -2,7 +2,7 @@
 
   python bench/train_throughput.py --shape small|llama3.2-1b|llama3.2-3b|micro|HF_DIR \
       [--seq-len N] [--batch B] [--dtype float32|bfloat16] [--mesh D,F,T] [--steps N] [--warmup W] \
-      [--remat none|full|dots|dots_no_batch] [--attention auto|xla|cudnn] [--vs-torch] [--xla-flags "..."]
+      [--remat none|full|dots|dots_no_batch] [--attention auto|xla|blockwise|cudnn] [--vs-torch] [--xla-flags "..."]
 
 What runs:
   * jaxtune: the real train step (`jit_train_step` over `init_state(build_model(...), make_optimizer(...))`,
@@ -194,11 +194,7 @@ def run_jaxtune(a, hf: dict, data: dict[str, np.ndarray]) -> None:
   mesh = mesh_lib.make_mesh(d, f, t)
   dev = mesh.devices.flat[0]
   on_gpu = dev.platform == "gpu"
-  impl = a.attention
-  if impl == "auto":
-    impl = "cudnn" if on_gpu else None
-  elif impl == "xla":
-    impl = None  # jax's default path (XLA); same as implementation='xla'
+  impl = None if a.attention == "xla" else a.attention  # None: jax's default path (XLA); auto: as training picks
   print(f"[jaxtune] jax {jax.__version__} on {jax.device_count()} x {dev.device_kind} ({dev.platform}); mesh "
         f"{dict(mesh.shape)}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
 
@@ -427,8 +423,9 @@ def main(argv=None) -> int:
   p.add_argument("--n-batches", type=int, default=4, help="distinct batches, cycled")
   p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"),
                  help="jaxtune remat policy; torch gets gradient checkpointing when not none")
-  p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
-                 help="jaxtune attention_impl: auto = cudnn on GPU (XLA if that fails), XLA elsewhere")
+  p.add_argument("--attention", default="auto", choices=("auto", "xla", "blockwise", "cudnn"),
+                 help="jaxtune attention_impl: auto = what model.attention=auto picks per platform and row kind "
+                      "(packed rows: blockwise on CPU/GPU, splash on TPU); XLA if the choice fails to compile")
   p.add_argument("--torch-attn", default="auto",
                  help="transformers attn_implementation: auto = flash_attention_2 on CUDA if installed, else sdpa")
   p.add_argument("--vs-torch", action="store_true", help="also run the transformers + torch reference")

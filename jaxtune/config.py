@@ -17,7 +17,7 @@ MASK_MODES = ("assistant", "last_assistant", "none")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
-ATTENTION = ("auto", "xla", "cudnn", "splash")  # jaxtune.models.attention_kernels.IMPLS
+ATTENTION = ("auto", "xla", "blockwise", "cudnn", "splash")  # jaxtune.models.attention_kernels.IMPLS
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -30,7 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # master weights
   c.model.remat = "none"
   # attention implementation of the full forward: "auto" picks per platform (GPU: cuDNN where it can run the
-  # layer, else XLA; TPU: the Pallas splash kernel; CPU: XLA); "xla", "cudnn", "splash" force one
+  # layer, blockwise for packed rows, else XLA; TPU: the Pallas splash kernel; CPU: blockwise for packed rows,
+  # else XLA); "xla", "blockwise", "cudnn", "splash" force one
   c.model.attention = "auto"
 
   c.lora = ml_collections.ConfigDict()

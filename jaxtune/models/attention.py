@@ -5,8 +5,9 @@ within a packed row) AND, on sliding layers, within the window (a query sees
 itself and the `window - 1` tokens before it, as HF's sliding masks do).
 `jax.nn.dot_product_attention` does the work unless the layer softcaps its
 logits (Gemma 2), which takes a grouped einsum path; neither repeats K/V.
-The full forward can run on a fast path instead (cuDNN on GPU, the splash
-kernel on TPU), chosen per layer and call by `attention_kernels.resolve_impl`;
+The full forward can run on another path instead (blockwise attention in plain
+JAX, cuDNN on GPU, the splash kernel on TPU), chosen per layer and call by
+`attention_kernels.resolve_impl`;
 `decode` (the KV cache) always runs on XLA.
 """
 
@@ -166,7 +167,11 @@ class Attention(nnx.Module):
     if impl == "xla":
       mask = attention_mask(segment_ids_BT, T, self.window)
       return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, causal=True)
-    if impl == "cudnn":
+    if impl == "blockwise":
+      out_BTNH = kernels.blockwise_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
+                                             window=self.window, softcap=self.softcap,
+                                             block=kernels.blockwise_block(self.platform))
+    elif impl == "cudnn":
       out_BTNH = kernels.cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale, window=self.window)
     else:
       out_BTNH = kernels.splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,

@@ -1,14 +1,23 @@
 """Which attention implementation runs a layer, and the fast paths themselves.
 
 `model.attention` names an implementation: `xla` (`jax.nn.dot_product_attention`
-on a dense boolean mask, or the softcap einsum), `cudnn`, `splash`, or `auto`,
-which picks per platform when the model is built (the platform of the mesh in
-context, else the default backend) and per call:
+on a dense boolean mask, or the softcap einsum), `blockwise` (flash-style
+attention in plain JAX, jaxtune/models/blockwise.py), `cudnn`, `splash`, or
+`auto`, which picks per platform when the model is built (the platform of the
+mesh in context, else the default backend) and per call:
 
-- CPU: xla.
-- TPU: splash, the Pallas splash-attention kernel; it handles every case we
+- CPU: blockwise for packed rows (segment ids; every training batch), xla for
+  unpacked ones. Measured (bench/blockwise_attention.py, bench/RESULTS.md):
+  blockwise forward + backward is 2.2x (seq 512, 8 rows), 3x (2048) and 15x
+  (8192) faster than the dense path on packed rows, with temporaries of
+  60 MB / 30 MB / 120 MB instead of 338 MB / 649 MB / 10 GB. It is faster
+  on unpacked rows too (1.7-2.6x), but those only occur outside training (eval
+  of a whole row, generation's prefill goes through the cache path anyway).
+- TPU: splash, the Pallas splash kernel; it handles every case we
   have (causal, packed segment ids, sliding windows, Gemma 2 softcap, GQA).
-- GPU: cudnn where cuDNN expresses the layer's case natively, else xla.
+- GPU: cudnn where cuDNN expresses the layer's case natively; packed rows,
+  which it cannot (below), run blockwise; other cases cuDNN refuses run xla.
+  ROCm (no cuDNN) likewise: blockwise for packed rows, else xla.
 
 cuDNN (`jax.nn.dot_product_attention(implementation="cudnn")`, same in jax 0.10
 and 0.11) takes `is_causal`, `local_window_size` (left window only, with causal),
@@ -16,11 +25,12 @@ per-row trailing-padding lengths, and an arbitrary boolean `mask`. It has **no
 segment ids**: a mask is turned into a dense additive bias [B, 1, T, T] whose
 gradient the backward pass always computes, and cuDNN supports that gradient
 only for some bias shapes depending on its version. So under `auto` a packed
-row (segment_ids given, as every training batch has) runs on XLA, and only
+row (segment_ids given, as every training batch has) runs blockwise, and only
 unpacked causal / sliding-window rows run on cuDNN; an explicit `cudnn` sends
 packed rows through the dense bias as asked. cuDNN also needs bfloat16/float16
 inputs, head_dim a multiple of 8 and at most 256 (128 before Hopper), and has
-no logit softcap: under `auto` such layers run on XLA, under `cudnn` they raise.
+no logit softcap: under `auto` such unpacked layers run on XLA, under `cudnn`
+they raise.
 
 `splash_interpret` (tests only) runs the splash kernel in Pallas interpret
 mode, so the TPU kernel is checked against XLA on CPU.
@@ -36,10 +46,15 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "cudnn", "splash")  # model.attention values
+IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")  # model.attention values
 TEST_IMPLS = ("splash_interpret",)  # the splash kernel in Pallas interpret mode, any platform
 CUDNN_DTYPES = ("bfloat16", "float16")
 SPLASH_LANES = 128  # splash blocks are multiples of this; T is padded up to one
+# Blockwise attention's query/key block per platform: on CPU small blocks keep a block's scores in cache
+# (fwd+bwd at seq 2048: 76 ms at 64, 90 ms at 128, 119 ms at 256, 232 ms at 512; bench/RESULTS.md); elsewhere
+# large blocks feed the matrix units.
+BLOCKWISE_BLOCK = {"cpu": 64}
+BLOCKWISE_BLOCK_DEFAULT = 512
 
 
 def current_platform() -> str:
@@ -85,20 +100,22 @@ def cudnn_unsupported(*, dtype, head_dim: int, softcap: bool, segmented: bool, s
 
 def resolve_impl(requested: str | None, platform: str, *, dtype, head_dim: int, softcap: bool,
                  segmented: bool = False, seq_len: int | None = None, cudnn_head_dim_max: int = 256) -> str:
-  """The implementation ("xla", "cudnn", "splash" or "splash_interpret") that runs one attention case.
+  """The implementation ("xla", "blockwise", "cudnn", "splash" or "splash_interpret") that runs one attention case.
 
   Pure: `platform` is "cpu", "gpu", "rocm" or "tpu". `auto` falls back to XLA silently where
   the platform's fast path cannot express the case; an explicit fast path raises,
   naming the reason."""
   if requested is None or requested == "xla":
     return "xla"
+  if requested == "blockwise":
+    return "blockwise"
   if requested == "auto":
     if platform == "tpu":
       return "splash"
     if platform == "gpu" and cudnn_unsupported(dtype=dtype, head_dim=head_dim, softcap=softcap, segmented=segmented,
                                                seq_len=seq_len, max_head_dim=cudnn_head_dim_max) is None:
       return "cudnn"
-    return "xla"
+    return "blockwise" if segmented else "xla"
   if requested == "cudnn":
     if platform != "gpu":
       raise ValueError(f"attention implementation 'cudnn' needs a GPU, the model is built for {platform!r}")
@@ -106,7 +123,7 @@ def resolve_impl(requested: str | None, platform: str, *, dtype, head_dim: int, 
                                seq_len=seq_len, max_head_dim=cudnn_head_dim_max, explicit=True)
     if reason is not None:
       raise ValueError(f"attention implementation 'cudnn' cannot run this layer: {reason} "
-                       "(model.attention='auto' falls back to XLA for it)")
+                       "(model.attention='auto' falls back to blockwise or XLA for it)")
     return "cudnn"
   if requested == "splash":
     if platform != "tpu":
@@ -165,6 +182,14 @@ def _splash_local(q_BNTH, k_BKTH, v_BKTH, seg_BT, *, window, softcap, interpret)
   return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(s, s)))(q_BNTH, k_BKTH, v_BKTH, seg_BT)
 
 
+def _multi_device_mesh():
+  """The abstract mesh in context when it spans more than one device, else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or math.prod(mesh.shape.values()) <= 1:
+    return None
+  return mesh
+
+
 def _shard_specs(mesh, B: int, N: int, K: int):
   """(batch, heads) mesh axes for shard_map: batch over the batch axes, heads over the
   head axes when they divide both N and K (so every shard keeps whole GQA groups)."""
@@ -202,10 +227,39 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float, wi
   def local(q, k, v, seg=None):
     return _splash_local(q, k, v, seg, window=window, softcap=softcap, interpret=interpret)
 
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is not None and not mesh.empty and math.prod(mesh.shape.values()) > 1:
+  mesh = _multi_device_mesh()
+  if mesh is not None:
     batch_axes, heads_axes = _shard_specs(mesh, B, N, K)
     specs = (P(batch_axes, heads_axes, None, None),) * 3 + (() if seg_BT is None else (P(batch_axes, None),))
     local = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)
   out_BNTH = local(*args)
   return out_BNTH.transpose(0, 2, 1, 3)[:, :T]
+
+
+# -- Blockwise (plain JAX) -----------------------------------------------------
+def blockwise_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float, window: int | None,
+                        softcap: float | None, block: int) -> jax.Array:
+  """Causal (and segment / window / softcap) GQA attention computed block by block, [B, T, N, H].
+
+  Under a mesh it runs per shard (shard_map over batch and heads, like splash), so that no partitioner
+  decision can gather a block loop's operands."""
+  from jax.sharding import PartitionSpec as P
+
+  from jaxtune.models.blockwise import blockwise_attention as local_attention
+  B, _, N, _ = q_BTNH.shape
+  K = k_BTKH.shape[2]
+
+  def local(q, k, v, seg=None):
+    return local_attention(q, k, v, seg, scale=scale, window=window, softcap=softcap, block_q=block, block_k=block)
+
+  args = (q_BTNH, k_BTKH, v_BTKH) + (() if segment_ids_BT is None else (segment_ids_BT,))
+  mesh = _multi_device_mesh()
+  if mesh is not None:
+    batch_axes, heads_axes = _shard_specs(mesh, B, N, K)
+    specs = (P(batch_axes, None, heads_axes, None),) * 3 + (() if segment_ids_BT is None else (P(batch_axes, None),))
+    local = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)
+  return local(*args)
+
+
+def blockwise_block(platform: str) -> int:
+  return BLOCKWISE_BLOCK.get(platform, BLOCKWISE_BLOCK_DEFAULT)

@@ -182,8 +182,8 @@ def test_resolve_gpu_supported_cases():
   assert resolve("auto", "gpu") == "cudnn"
   assert resolve("auto", "gpu", dtype=jnp.float16, head_dim=256) == "cudnn"
   assert resolve("xla", "gpu") == "xla"
-  # A packed row needs a dense bias on cuDNN: auto stays on XLA, an explicit cudnn takes the bias.
-  assert resolve("auto", "gpu", segmented=True) == "xla"
+  # A packed row needs a dense bias on cuDNN: auto runs it blockwise (issue 14), an explicit cudnn takes the bias.
+  assert resolve("auto", "gpu", segmented=True) == "blockwise"
   assert resolve("cudnn", "gpu", segmented=True) == "cudnn"
   with pytest.raises(ValueError, match="even sequence length"):
     resolve("cudnn", "gpu", segmented=True, seq_len=2047)
