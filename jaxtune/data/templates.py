@@ -8,6 +8,7 @@ Llama 3 and Qwen templates: jaxtune derives loss masks from the rendering itself
 from __future__ import annotations
 
 import os
+from jaxtune.errors import TemplateError  # noqa: F401 - raised here, defined with the other user errors
 
 LLAMA3 = (
     "{{- bos_token }}"
@@ -40,8 +41,6 @@ TURN_TAGS = ("<start_of_turn>", "<end_of_turn>")
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<|end|>")
 
 
-class TemplateError(ValueError):
-  """No usable chat template: the tokenizer has none and none was given, or the given one is unknown."""
 
 
 def resolve(name_or_path: str) -> str:
