@@ -185,11 +185,13 @@ class MeshCfg(_Section):
   data: int = key(-1, "data-parallel axis size; -1 takes the remaining devices")
   fsdp: int = key(1, "FSDP axis size (parameters and optimizer state sharded); -1 takes the remaining devices")
   tensor: int = key(1, "tensor-parallel axis size; -1 takes the remaining devices")
+  context: int = key(1, "context-parallel axis size: each row's sequence is split across this many devices "
+                     "(data.seq_len must divide by it); -1 takes the remaining devices")
 
   def __post_init__(self):
     super().__post_init__()
-    sizes = (self.data, self.fsdp, self.tensor)
-    _check(sum(s == -1 for s in sizes) <= 1, "mesh", "at most one of mesh.data/fsdp/tensor may be -1")
+    sizes = (self.data, self.fsdp, self.tensor, self.context)
+    _check(sum(s == -1 for s in sizes) <= 1, "mesh", "at most one of mesh.data/fsdp/tensor/context may be -1")
     _check(all(s == -1 or s >= 1 for s in sizes), "mesh", f"sizes must be >= 1 or -1, got {sizes}")
 
 

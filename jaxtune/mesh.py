@@ -20,12 +20,12 @@ from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")  # the device array's order: tensor innermost, then context
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 RULES: dict[str, Any] = {
     "batch": ("data", "fsdp"),
-    "seq": None,
+    "seq": "context",  # context parallelism: activations, token ids, positions, segment ids, loss masks
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",  # flattened q heads * head_dim
@@ -37,14 +37,15 @@ RULES: dict[str, Any] = {
 }
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None, *,
+              context: int = 1) -> Mesh:
+  """A (data, fsdp, context, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = [data, fsdp, tensor]
+  sizes = [data, fsdp, context, tensor]
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} (data, fsdp, tensor): {len(devices)} devices are "
+      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} ({', '.join(AXES)}): {len(devices)} devices are "
                         f"not divisible by {known}")
     sizes[sizes.index(-1)] = len(devices) // known
   n = math.prod(sizes)
@@ -57,7 +58,23 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
 
 
 def mesh_from_cfg(cfg) -> Mesh:
-  return make_mesh(cfg.data, cfg.fsdp, cfg.tensor)
+  return make_mesh(cfg.data, cfg.fsdp, cfg.tensor, context=cfg.context)
+
+
+def context_size(mesh) -> int:
+  """How many ways each row's sequence is split (context parallelism; 1 without a mesh)."""
+  return 1 if mesh is None or mesh.empty else mesh.shape.get(RULES["seq"], 1)
+
+
+def context_axis(mesh) -> str | None:
+  """The mesh axis the sequence is sharded over when it has more than one device, else None."""
+  return RULES["seq"] if context_size(mesh) > 1 else None
+
+
+def batch_shards(mesh) -> int:
+  """How many ways the batch dimension is split."""
+  axes = RULES["batch"]
+  return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 def logical_to_spec(names: Sequence[str | None] | None, mesh: Mesh | None = None) -> P:

@@ -24,17 +24,20 @@ from jaxtune.config import default_config
 ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: int = 1,
+def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: int = 1, context: int = 1,
                     batch_size: int, grad_accum: int = 1, lr: float, steps: int = 2000,
                     warmup_steps: int | None = None, checkpoint_every: int | None = None,
                     lora_rank: int = 0, lora_alpha: float | None = None,
                     lora_targets: tuple[str, ...] = ALL_PROJECTIONS, dtype: str = "bfloat16",
                     param_dtype: str = "float32", remat: str = "full", seq_len: int = 4096,
-                    root: str = "/mnt/shared") -> ml_collections.ConfigDict:
+                    loss_chunk: int = 0, root: str = "/mnt/shared") -> ml_collections.ConfigDict:
   """The ConfigDict of a recipe that tunes hub model `model` as run `run`.
 
   `batch_size` is the global batch in rows of `seq_len` tokens; `batch_size /
-  grad_accum` must be a multiple of `data * fsdp`. `warmup_steps` defaults to
+  grad_accum` must be a multiple of `data * fsdp`; `context` > 1 splits each
+  row's `seq_len` tokens over that many chips (context parallelism), and
+  `loss_chunk` > 0 computes the loss over that many positions of each chip's
+  slice at a time. `warmup_steps` defaults to
   5% of `steps` and `checkpoint_every` to a quarter of it. `lora_rank` 0 is a
   full fine-tune; otherwise adapters of that rank train on `lora_targets`, with
   `lora_alpha` (default: twice the rank).
@@ -69,6 +72,7 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.train.steps = steps
   c.train.eval_every = 200
   c.train.log_every = 10
+  c.train.loss_chunk = loss_chunk
 
   c.optim.lr = lr
   c.optim.warmup_steps = steps // 20 if warmup_steps is None else warmup_steps
@@ -80,6 +84,7 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.mesh.data = data
   c.mesh.fsdp = fsdp
   c.mesh.tensor = tensor
+  c.mesh.context = context
 
   c.checkpoint.every = steps // 4 if checkpoint_every is None else checkpoint_every
   c.checkpoint.keep = 2

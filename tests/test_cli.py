@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers.cli import ROOT, chat_records, jaxtune
+from tests.helpers.cli import ROOT, chat_records, jaxtune, metrics
 from tests.helpers.hf_models import make_tiny_chat_model
 
 
@@ -64,6 +64,21 @@ def test_train_resume_export_reload(tiny_run):
 
   from_run, from_export = gen(run), gen(out)
   assert len(from_run) == 1 and from_run == from_export and from_run[0]["completion_ids"]
+
+
+def test_context_parallel_run_equals_the_plain_run(tiny_run):
+  """The shared run again with every row split over 2 devices (mesh.context=2): the same losses, gradient norms
+  and eval losses, step by step."""
+  from tests.helpers.runs import train_args
+  run = os.path.relpath(str(tiny_run.root / "run_context"), ROOT)
+  jaxtune("train", tiny_run.config, f"--config.run.dir={run}", *train_args(tiny_run.data), "--config.mesh.context=2",
+          devices=2)
+  plain, split = (metrics(os.path.join(ROOT, r)) for r in (tiny_run.run, run))
+  assert [r["step"] for r in split] == [r["step"] for r in plain]
+  for key in ("loss", "grad_norm", "eval_loss"):
+    a, b = [r[key] for r in split if key in r], [r[key] for r in plain if key in r]
+    assert len(a) == len(b) > 0, key
+    np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=key)
 
 
 def test_config_typo_names_the_key(tiny_run):

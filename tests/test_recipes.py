@@ -70,7 +70,11 @@ class Recipe:
   name: str
   module: object
   cfg: Config
-  sizes: tuple[int, int, int]  # (data, fsdp, tensor) at full scale
+  sizes: tuple[int, ...]  # mesh sizes in jaxtune.mesh.AXES order (data, fsdp, context, tensor) at full scale
+
+  @property
+  def axes(self) -> dict[str, int]:
+    return dict(zip(mesh_lib.AXES, self.sizes))
 
   @property
   def hbm(self) -> float:
@@ -81,7 +85,7 @@ class Recipe:
 def recipe(name: str) -> Recipe:
   module = _load(CONFIGS / f"{name}.py")
   cfg = Config.from_dict(module.get_config())
-  sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+  sizes = [getattr(cfg.mesh, a) for a in mesh_lib.AXES]
   if -1 in sizes:
     sizes[sizes.index(-1)] = module.CHIPS // math.prod(s for s in sizes if s != -1)
   return Recipe(name, module, cfg, tuple(sizes))
@@ -110,9 +114,9 @@ class _Keys:
 
 
 @functools.lru_cache(maxsize=None)
-def abstract_params(hub_id: str, dtype: str, param_dtype: str, remat: str, sizes: tuple[int, int, int]):
+def abstract_params(hub_id: str, dtype: str, param_dtype: str, remat: str, sizes: tuple[int, ...]):
   """({path: (ShapeDtypeStruct, logical axes)}, scaled mesh shardings {path: NamedSharding}, ModelConfig)."""
-  mesh = mesh_lib.make_mesh(*sizes, devices=jax.devices()[:math.prod(sizes)])
+  mesh = mesh_lib.make_mesh(**dict(zip(mesh_lib.AXES, sizes)), devices=jax.devices()[:math.prod(sizes)])
   mcfg = preset_model_config(hub_id)
   with jax.set_mesh(mesh):
     model = nnx.eval_shape(lambda: build_model(mcfg, rngs=_Keys(), dtype=DTYPES[dtype],
@@ -141,7 +145,7 @@ def lora_adapters(params: dict, rank: int, targets: tuple[str, ...], param_dtype
   return out
 
 
-def full_mesh(sizes: tuple[int, int, int]) -> AbstractMesh:
+def full_mesh(sizes: tuple[int, ...]) -> AbstractMesh:
   return AbstractMesh(sizes, mesh_lib.AXES, axis_types=(AxisType.Auto,) * len(sizes))
 
 
@@ -189,20 +193,26 @@ def activation_estimate(m: ModelConfig, r: Recipe) -> float:
   (dots) or everything incl. attention scores (none). Working set: one layer's
   forward+backward intermediates, its [heads, seq, seq] float32 scores and
   their gradient (the XLA attention path materialises them), and the float32
-  logits with their log-softmax and gradient.
+  logits with their log-softmax and gradient. Under context parallelism a chip
+  holds seq / context tokens of each row, its attention runs blockwise (no
+  [seq, seq] scores: the gathered K/V of the row instead), and with
+  train.loss_chunk the logits are those of one chunk.
   """
-  data, fsdp, tensor = r.sizes
+  ax = r.axes
+  data, fsdp, tensor, context = ax["data"], ax["fsdp"], ax["tensor"], ax["context"]
   c = r.cfg
   rows = c.train.batch_size // c.train.grad_accum // (data * fsdp)
-  T, tok = c.data.seq_len, rows * c.data.seq_len
+  T, tok = c.data.seq_len, rows * c.data.seq_len // context
   act = jnp.dtype(DTYPES[c.model.dtype]).itemsize
   D, L = m.hidden_size, m.num_layers
   q, kv = m.num_heads * m.head_dim / tensor, m.num_kv_heads * m.head_dim / tensor
   f, v, heads = m.intermediate_size / tensor, m.vocab_size / tensor, m.num_heads / tensor
   layer = tok * (4 * D + q + 2 * kv + 3 * f) * act
   scores = rows * heads * T * T * 4 * 2
+  if context > 1:  # blockwise: the row's K/V (gathered) and their float32 gradients
+    scores = rows * T * 2 * kv * (act + 4)
   saved = {"full": tok * D * act, "dots": layer, "dots_no_batch": layer, "none": layer + scores}[c.model.remat]
-  logits = tok * v * 4 * 3
+  logits = (rows * min(c.train.loss_chunk, T // context) if c.train.loss_chunk else tok) * v * 4 * 3
   return L * saved + 2 * layer + scores + logits
 
 
@@ -255,7 +265,7 @@ def test_recipe_contract(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_splits_over_data_and_fsdp(name):
   r = recipe(name)
-  data, fsdp, _ = r.sizes
+  data, fsdp = r.axes["data"], r.axes["fsdp"]
   b, k = r.cfg.train.batch_size, r.cfg.train.grad_accum
   assert b % k == 0, f"{name}: batch {b} is not divisible by grad_accum {k}"
   assert (b // k) % (data * fsdp) == 0, f"{name}: micro-batch {b // k} does not split over data*fsdp={data * fsdp}"

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtune.mesh import context_axis
 from jaxtune.models import attention_kernels as kernels
 from jaxtune.models.config import ModelConfig
 from jaxtune.models.layers import Linear, RMSNorm, apply_rope, rope_inv_freq
@@ -163,6 +164,11 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
     B, T, _ = x_BTD.shape
     q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, positions_BT)
+    if context_axis(jax.sharding.get_abstract_mesh()) is not None:  # the sequence is split across devices
+      out_BTNH = kernels.context_parallel_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
+                                                    window=self.window, softcap=self.softcap,
+                                                    block=kernels.blockwise_block(self.platform))
+      return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
     impl = self._impl(q_BTNH.dtype, segmented=segment_ids_BT is not None, seq_len=T)
     if impl == "xla":
       mask = attention_mask(segment_ids_BT, T, self.window)

@@ -35,6 +35,10 @@ they raise.
 `splash_interpret` (tests only) runs the splash kernel in Pallas interpret
 mode, so the TPU kernel is checked against XLA on CPU.
 
+Under a mesh whose context axis is larger than 1 (`mesh.context`: each row's
+sequence split across devices) every full forward runs `context_parallel_attention`
+instead: blockwise attention per shard, K/V gathered or passed around a ring.
+
 The KV-cache `decode` path always runs on XLA (its mask is over cache slots).
 """
 
@@ -263,3 +267,17 @@ def blockwise_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float,
 
 def blockwise_block(platform: str) -> int:
   return BLOCKWISE_BLOCK.get(platform, BLOCKWISE_BLOCK_DEFAULT)
+
+
+def context_parallel_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, *, scale: float, window: int | None,
+                               softcap: float | None, block: int, impl: str | None = None) -> jax.Array:
+  """Attention of rows whose sequence is sharded over the mesh's context axis (jaxtune/models/context_attention.py):
+  per shard over batch, heads and sequence, K/V brought from the other sequence shards."""
+  from jaxtune.mesh import context_axis
+  from jaxtune.models import context_attention as cp
+  mesh = _multi_device_mesh()
+  B, _, N, _ = q_BTNH.shape
+  batch_axes, heads_axes = _shard_specs(mesh, B, N, k_BTKH.shape[2])
+  return cp.context_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, mesh=mesh, context_axis=context_axis(mesh),
+                              batch_axes=batch_axes, heads_axes=heads_axes, scale=scale, window=window,
+                              softcap=softcap, block=block, impl=impl or cp.DEFAULT_IMPL)

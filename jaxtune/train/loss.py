@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtune.mesh import constrain, context_size
+
 
 def target_weights(batch) -> jax.Array:
   """[B, T-1] float32: 1 where position t predicts a trained token t+1 of its own segment."""
@@ -40,29 +42,39 @@ def masked_xent(logits_BxTxV: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
 def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]:
   """`masked_xent` without ever holding full-vocabulary logits: the output projection and
   cross-entropy run over `chunk` positions at a time in a scan, and are recomputed in the
-  backward pass, so peak memory holds [B, chunk, V] float32 logits instead of [B, T, V]."""
+  backward pass, so peak memory holds [B, chunk, V] float32 logits instead of [B, T, V].
+
+  Under context parallelism (the sequence split in C slices across devices) each scan step takes
+  `chunk` positions of every slice, so each device computes the logits of its own positions only."""
   ids_BxT = batch["input_ids"]
   h_BxTxD = model.hidden_states(ids_BxT, positions=batch["positions"], segment_ids=batch["segment_ids"])
-  w_BxTm1 = target_weights(batch)
-  h_BxTm1xD, y_BxTm1 = h_BxTxD[:, :-1], ids_BxT[:, 1:]
-  b, t1 = y_BxTm1.shape
-  n = -(-t1 // chunk)
-  pad = n * chunk - t1
+  b, t = ids_BxT.shape
+  c = context_size(jax.sharding.get_abstract_mesh())
+  c = c if t % c == 0 else 1
+  # every position predicts the next token; the last one predicts nothing (weight 0)
+  y_BxT = jnp.pad(ids_BxT[:, 1:], [(0, 0), (0, 1)])
+  w_BxT = jnp.pad(target_weights(batch), [(0, 0), (0, 1)])
+  n = -(-(t // c) // chunk)
+  pad = n * chunk - t // c
 
-  def chunks(x):  # [B, T-1, ...] -> [n, B, chunk, ...]
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.swapaxes(x.reshape((b, n, chunk) + x.shape[2:]), 0, 1)
+  def chunks(x):  # [B, T, ...] -> [n, B, C, chunk, ...]: C slices of the sequence, n chunks of each
+    rest = x.shape[2:]
+    x = jnp.pad(x.reshape((b, c, t // c) + rest), [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * len(rest))
+    x = jnp.moveaxis(x.reshape((b, c, n, chunk) + rest), 2, 0)
+    return constrain(x, (None, "batch", "seq") + (None,) * (1 + len(rest)))
 
   @jax.checkpoint
-  def chunk_nll(h_BxCxD, y_BxC, w_BxC):
-    logits = model.logits_from_hidden(h_BxCxD).astype(jnp.float32)
-    return (optax.softmax_cross_entropy_with_integer_labels(logits, y_BxC) * w_BxC).sum()
+  def chunk_nll(h_BxCxLxD, y_BxCxL, w_BxCxL):
+    h_BxSxD = h_BxCxLxD.reshape(b, c * chunk, h_BxCxLxD.shape[-1])
+    logits = model.logits_from_hidden(h_BxSxD).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, y_BxCxL.reshape(b, c * chunk))
+    return (nll * w_BxCxL.reshape(b, c * chunk)).sum()
 
   def body(total, xs):
     return total + chunk_nll(*xs), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (chunks(h_BxTm1xD), chunks(y_BxTm1), chunks(w_BxTm1)))
-  return total, w_BxTm1.sum()
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (chunks(h_BxTxD), chunks(y_BxT), chunks(w_BxT)))
+  return total, w_BxT.sum()
 
 
 def model_xent(model, batch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:

@@ -68,11 +68,15 @@ class Run:
 
 
 def check_batch(cfg: Config, mesh) -> None:
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  batch_shards = mesh_lib.batch_shards(mesh)
   micro = cfg.train.batch_size // cfg.train.grad_accum
   if micro % batch_shards:
     raise ConfigError(f"config key 'train.batch_size': the micro-batch {micro} (train.batch_size / "
                       f"train.grad_accum) is not divisible by mesh.data * mesh.fsdp = {batch_shards}")
+  context = mesh_lib.context_size(mesh)
+  if cfg.data.seq_len % context:
+    raise ConfigError(f"config key 'data.seq_len': {cfg.data.seq_len} is not divisible by mesh.context = {context} "
+                      "(each device holds an equal slice of every row)")
 
 
 def check_resume_config(cfg: Config, saved: dict) -> None:

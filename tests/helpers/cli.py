@@ -1,4 +1,4 @@
-"""Running `jaxtune` in a subprocess on one CPU device, as a user would."""
+"""Running `jaxtune` in a subprocess on one CPU device (or a few fake ones), as a user would."""
 
 import json
 import os
@@ -8,16 +8,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def cli_env() -> dict:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+def cli_env(devices: int = 1) -> dict:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
 
 
 def cli_cmd(*args) -> list[str]:
   return [sys.executable, "-m", "jaxtune.cli", *args]
 
 
-def jaxtune(*args, check=True, timeout=600):
-  p = subprocess.run(cli_cmd(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+def jaxtune(*args, check=True, timeout=600, devices: int = 1):
+  p = subprocess.run(cli_cmd(*args), cwd=ROOT, env=cli_env(devices), capture_output=True, text=True,
+                     timeout=timeout)
   if check and p.returncode != 0:
     raise AssertionError(f"jaxtune {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
   return p

@@ -40,6 +40,12 @@ class TinyRun:
     return dest
 
 
+def train_args(data) -> tuple[str, ...]:
+  """The shared run's overrides beyond its config and run dir."""
+  return ("--config.train.steps=6", "--config.checkpoint.every=3", "--config.train.eval_every=3",
+          f"--config.data.eval=('{data}',)")
+
+
 def train_tiny_run(tmp: Path) -> TinyRun:
   model_dir, _ = make_tiny_chat_model(tmp, "llama")
   lines = chat_records()
@@ -48,7 +54,5 @@ def train_tiny_run(tmp: Path) -> TinyRun:
   data = tmp / "chat.jsonl"
   data.write_text("\n".join(lines) + "\n")
   run = os.path.relpath(str(tmp / "run"), ROOT)
-  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}",
-              "--config.train.steps=6", "--config.checkpoint.every=3", "--config.train.eval_every=3",
-              f"--config.data.eval=('{data}',)")
+  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}", *train_args(data))
   return TinyRun(root=tmp, model_dir=model_dir, data=str(data), run=run, stdout=p.stdout)
