@@ -274,7 +274,7 @@ def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
     except DropExample as e:
       prepared.append(e)
   texts = [p[0] for p in prepared if not isinstance(p, DropExample)]
-  enc = _encode_with_offsets(tokenizer, texts)
+  enc = encode_texts(tokenizer, texts)
   results, j = [], 0
   for p in prepared:
     if isinstance(p, DropExample):
@@ -290,7 +290,7 @@ def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
   return results
 
 
-def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def encode_texts(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
   """(ids int32 [n], char offsets int64 [n, 2]) per text, no special tokens added.
 
   Straight through the Rust tokenizer (what the fast tokenizer's __call__ runs,
