@@ -3,10 +3,11 @@
 __version__ = "0.1.0"
 
 
-def load_pretrained(path, *, dtype=None, mesh=None, param_dtype=None):
-  """Loads an HF checkpoint dir (or hub id) as a Flax NNX causal LM."""
+def load_pretrained(path, *, dtype=None, mesh=None, param_dtype=None, scan_layers=None):
+  """Loads an HF checkpoint dir (or hub id) as a Flax NNX causal LM (decoder blocks stacked and scanned with
+  `scan_layers=True`; unrolled by default)."""
   from jaxtune.weights.hf_load import load_pretrained as _load
-  return _load(path, dtype=dtype, mesh=mesh, param_dtype=param_dtype)
+  return _load(path, dtype=dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=scan_layers)
 
 
 def save_pretrained(model, out_dir, *, tokenizer=None, dtype=None):

@@ -80,6 +80,9 @@ class ModelCfg(_Section):
   attention: str = key("auto", "attention implementation: auto picks per platform and row (TPU splash; packed rows "
                        "blockwise on CPU/GPU; unpacked rows GPU cuDNN where it can run the layer, else XLA); xla, "
                        "blockwise, cudnn, splash force one", choices=ATTENTION)
+  scan_layers: bool = key(True, "stack the decoder blocks and run them with lax.scan (compile time independent of "
+                          "depth; remat per block); False: unrolled. Checkpoints keep the layout they were "
+                          "written with")
 
 
 @dataclasses.dataclass(frozen=True)

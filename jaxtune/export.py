@@ -23,7 +23,9 @@ from jaxtune.train import checkpoint as ckpt_lib
 
 
 def load_run_config(run_dir: str) -> Config:
-  return Config.from_dict(rundir.read_config(run_dir))
+  d = rundir.read_config(run_dir)
+  d.setdefault("model", {}).setdefault("scan_layers", False)  # runs from before the key were unrolled
+  return Config.from_dict(d)
 
 
 def _abstract_on(tree, mesh):
@@ -43,7 +45,8 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   dtype, param_dtype = compute_dtype(cfg.model.dtype), jnp_dtype(cfg.model.param_dtype)
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
-      model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
+      model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+                              scan_layers=cfg.model.scan_layers)
       if hf_config.get("vocab_size", 0) > model.config.vocab_size:  # grown in training for added tokens
         from jaxtune.models.resize import resize_vocab
         resize_vocab(model, hf_config["vocab_size"])
@@ -53,7 +56,8 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
       nnx.update(model, adapters)
     else:
       mcfg = ModelConfig.from_hf(hf_config)
-      abs_model = nnx.eval_shape(lambda: build_model(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+      abs_model = nnx.eval_shape(lambda: build_model(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
+                                                     scan_layers=cfg.model.scan_layers))
       graphdef, abs_params, abs_rest = nnx.split(abs_model, nnx.Param, ...)
       if jax.tree.leaves(abs_rest):
         raise NotImplementedError("the model holds non-parameter state that export does not restore")

@@ -34,6 +34,7 @@ RULES: dict[str, Any] = {
     "norm": None,
     "head_dim": None,
     "lora": None,
+    "layers": None,  # scanned decoder blocks' stacked axis (model.scan_layers)
 }
 
 

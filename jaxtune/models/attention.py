@@ -106,7 +106,11 @@ def softcapped_attention(q_BTNH, k_BSKH, v_BSKH, mask, *, scale: float, softcap:
 
 
 class Attention(nnx.Module):
-  """Self-attention of one decoder layer; projections named like HF's."""
+  """Self-attention of one decoder layer; projections named like HF's.
+
+  Whether the layer is a sliding-window one (its window, its RoPE) is `sliding`, set from the layer's index;
+  the calls take it as an override, so one stacked module can run every layer of a scanned decoder
+  (`model.scan_layers`), full and sliding alike."""
 
   def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                attention_impl: str | None = None):
@@ -123,15 +127,23 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
     self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
-    self.rope = cfg.rope_for(layer)
-    self.window = cfg.window(layer)
+    self.sliding = cfg.is_sliding(layer)
+    self.rope_full, self.rope_sliding = cfg.rope, cfg.rope_local or cfg.rope
+    self.sliding_window = cfg.sliding_window
     self.scale = cfg.attn_scale
     self.softcap = cfg.attn_logit_softcap
     self.attention_impl = attention_impl
     self.platform = kernels.current_platform()
     self._impl(dtype, segmented=False)  # an explicit fast path that cannot run this layer fails here, at build
 
-  def _qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+  def window(self, sliding: bool | None = None) -> int | None:
+    """The attention window (None: full) of this layer, or of a layer of kind `sliding` when given."""
+    return self.sliding_window if (self.sliding if sliding is None else sliding) else None
+
+  def rope(self, sliding: bool | None = None):
+    return self.rope_sliding if (self.sliding if sliding is None else sliding) else self.rope_full
+
+  def _qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, sliding: bool | None = None):
     """Projected, normed and rotated q [B,T,N,H], k and v [B,T,K,H]."""
     B, T, _ = x_BTD.shape
     q_BTNH = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
@@ -139,7 +151,7 @@ class Attention(nnx.Module):
     v_BTKH = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
     if self.q_norm is not None:
       q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-    inv_freq = rope_inv_freq(self.rope, self.head_dim)
+    inv_freq = rope_inv_freq(self.rope(sliding), self.head_dim)
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
     return q_BTNH, k_BTKH, v_BTKH
@@ -161,32 +173,35 @@ class Attention(nnx.Module):
         segmented=segmented, seq_len=seq_len,
         cudnn_head_dim_max=kernels.cudnn_max_head_dim() if self.platform == "gpu" else 256)
 
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None, *,
+               sliding: bool | None = None) -> jax.Array:
     B, T, _ = x_BTD.shape
-    q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, positions_BT)
+    window = self.window(sliding)
+    q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, positions_BT, sliding)
     if context_axis(jax.sharding.get_abstract_mesh()) is not None:  # the sequence is split across devices
       out_BTNH = kernels.context_parallel_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
-                                                    window=self.window, softcap=self.softcap,
+                                                    window=window, softcap=self.softcap,
                                                     block=kernels.blockwise_block(self.platform))
       return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
     impl = self._impl(q_BTNH.dtype, segmented=segment_ids_BT is not None, seq_len=T)
     if impl == "xla":
-      mask = attention_mask(segment_ids_BT, T, self.window)
+      mask = attention_mask(segment_ids_BT, T, window)
       return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, causal=True)
     if impl == "blockwise":
       out_BTNH = kernels.blockwise_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
-                                             window=self.window, softcap=self.softcap,
+                                             window=window, softcap=self.softcap,
                                              block=kernels.blockwise_block(self.platform))
     elif impl == "cudnn":
-      out_BTNH = kernels.cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale, window=self.window)
+      out_BTNH = kernels.cudnn_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale, window=window)
     else:
       out_BTNH = kernels.splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=self.scale,
-                                          window=self.window, softcap=self.softcap,
+                                          window=window, softcap=self.softcap,
                                           interpret=impl == "splash_interpret")
     return self.o_proj(out_BTNH.reshape(B, T, self.num_heads * self.head_dim))
 
   def decode(self, x_BtD: jax.Array, positions_Bt: jax.Array, segment_ids_Bt: jax.Array, k_BKSH: jax.Array,
-             v_BKSH: jax.Array, cache_seg_BS: jax.Array, cache_pos_BS: jax.Array, index: jax.Array):
+             v_BKSH: jax.Array, cache_seg_BS: jax.Array, cache_pos_BS: jax.Array, index: jax.Array, *,
+             sliding: bool | None = None):
     """Attention of a block of t tokens at cache columns index..index+t-1 over this layer's KV cache
     (k, v [B, K, S, H]).
 
@@ -200,8 +215,9 @@ class Attention(nnx.Module):
     """
     B, t = x_BtD.shape[:2]
     S = k_BKSH.shape[2]
-    ring = self.window is not None and S <= self.window
-    q_BtNH, k_BtKH, v_BtKH = self._qkv(x_BtD, positions_Bt)
+    window = self.window(sliding)
+    ring = window is not None and S <= window
+    q_BtNH, k_BtKH, v_BtKH = self._qkv(x_BtD, positions_Bt, sliding)
     k_BKtH, v_BKtH = k_BtKH.transpose(0, 2, 1, 3), v_BtKH.transpose(0, 2, 1, 3)
     new_k_BKSH = cache_write(k_BKSH, k_BKtH, index, ring=ring, axis=2)
     new_v_BKSH = cache_write(v_BKSH, v_BKtH, index, ring=ring, axis=2)
@@ -214,6 +230,6 @@ class Attention(nnx.Module):
       k_BKsH, v_BKsH = new_k_BKSH.astype(q_BtNH.dtype), new_v_BKSH.astype(q_BtNH.dtype)
       seg_Bs = cache_write(cache_seg_BS, segment_ids_Bt, index, ring=ring)
       pos_Bs = cache_write(cache_pos_BS, positions_Bt, index, ring=ring)
-    mask = cache_mask(segment_ids_Bt, positions_Bt, seg_Bs, pos_Bs, self.window)
+    mask = cache_mask(segment_ids_Bt, positions_Bt, seg_Bs, pos_Bs, window)
     out_BtNH = cache_attention(q_BtNH, k_BKsH, v_BKsH, mask, scale=self.scale, softcap=self.softcap)
     return self.o_proj(out_BtNH.reshape(B, t, self.num_heads * self.head_dim)), new_k_BKSH, new_v_BKSH

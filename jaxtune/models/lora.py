@@ -24,28 +24,53 @@ TARGETS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("se
            "down": ("mlp", "down_proj")}
 
 
-def targeted(model, targets) -> Iterator[tuple[str, Linear]]:
-  """(HF module path, Linear) for every targeted projection of every layer."""
+def _projection(layer, target: str) -> Linear:
+  sub, proj = TARGETS[target]
+  return getattr(getattr(layer, sub), proj)
+
+
+def _layer_names(model, target: str) -> list[str]:
+  """The HF module path of `target` in every layer, in order."""
+  sub, proj = TARGETS[target]
+  return [f"model.layers.{i}.{sub}.{proj}" for i in range(model.config.num_layers)]
+
+
+def targeted(model, targets) -> Iterator[tuple[list[str], Linear]]:
+  """(HF module paths, Linear) for every targeted projection: one Linear per layer, or with scanned layers
+  (`model.scan_layers`) one stacked Linear [L, in, out] holding every layer's (its paths in layer order)."""
   bad = sorted(set(targets) - set(TARGETS))
   if bad:
     raise ConfigError(f"config key 'lora.targets': {bad} not in {sorted(TARGETS)}")
+  if getattr(model, "scan_layers", False):
+    for t in targets:
+      yield _layer_names(model, t), _projection(model.model.layers, t)
+    return
   for i, layer in enumerate(model.model.layers):
     for t in targets:
-      sub, proj = TARGETS[t]
-      yield f"model.layers.{i}.{sub}.{proj}", getattr(getattr(layer, sub), proj)
+      yield [_layer_names(model, t)[i]], _projection(layer, t)
 
 
 def add_lora(model, *, rank: int, alpha: float, targets, rngs: nnx.Rngs) -> None:
-  """Adds rank-`rank` adapters (A ~ N(0, 1/in), B = 0) to the targeted projections, in place."""
+  """Adds rank-`rank` adapters (A ~ N(0, 1/in), B = 0) to the targeted projections, in place. A is drawn
+  layer by layer, projection by projection, in the same order whether the layers are stacked or not, so a
+  scanned model gets the adapters an unrolled one gets."""
   if rank < 1:
     raise ConfigError(f"config key 'lora.rank': must be >= 1 to add adapters, got {rank}")
-  for _, lin in targeted(model, targets):
-    d_in, d_out = lin.kernel.shape
-    in_axis, out_axis = lin.kernel.get_metadata()["logical_axes"]
+  projections = list(targeted(model, targets))
+  draws: dict[int, list[jax.Array]] = {}  # projection -> its per-layer draws
+  order = [(i, j) for i in range(model.config.num_layers) for j in range(len(targets))]
+  if not getattr(model, "scan_layers", False):
+    order = [(0, j) for j in range(len(projections))]
+  for _, j in order:
+    d_in = projections[j][1].kernel.shape[-2]
+    draws.setdefault(j, []).append(jax.random.normal(rngs.params(), (d_in, rank), jnp.float32) / jnp.sqrt(d_in))
+  for j, (_, lin) in enumerate(projections):
+    *stack, d_in, d_out = lin.kernel.shape
+    *stack_axes, in_axis, out_axis = lin.kernel.get_metadata()["logical_axes"]
     dtype = lin.kernel[...].dtype
-    a = jax.random.normal(rngs.params(), (d_in, rank), jnp.float32) / jnp.sqrt(d_in)
-    lin.lora_a = nnx.LoRAParam(a.astype(dtype), logical_axes=(in_axis, "lora"))
-    lin.lora_b = nnx.LoRAParam(jnp.zeros((rank, d_out), dtype), logical_axes=("lora", out_axis))
+    a = jnp.stack(draws[j]) if stack else draws[j][0]
+    lin.lora_a = nnx.LoRAParam(a.astype(dtype), logical_axes=(*stack_axes, in_axis, "lora"))
+    lin.lora_b = nnx.LoRAParam(jnp.zeros((*stack, rank, d_out), dtype), logical_axes=(*stack_axes, "lora", out_axis))
     lin.lora_scale = float(alpha) / rank
 
 
@@ -75,17 +100,18 @@ def merge_lora(model) -> None:
 
 
 def peft_tensors(model) -> dict[str, jax.Array]:
-  """Adapter weights under PEFT's names and layouts (lora_A [r, in], lora_B [out, r])."""
+  """Adapter weights under PEFT's names and layouts (lora_A [r, in], lora_B [out, r]), per layer (a scanned
+  model's stacked adapters unstacked)."""
   out = {}
-  for path, lin in targeted_existing(model):
-    out[f"base_model.model.{path}.lora_A.weight"] = lin.lora_a[...].T
-    out[f"base_model.model.{path}.lora_B.weight"] = lin.lora_b[...].T
+  for paths, lin in targeted_existing(model):
+    a, b = lin.lora_a[...], lin.lora_b[...]
+    for i, path in enumerate(paths):
+      out[f"base_model.model.{path}.lora_A.weight"] = (a[i] if a.ndim == 3 else a).T
+      out[f"base_model.model.{path}.lora_B.weight"] = (b[i] if b.ndim == 3 else b).T
   return out
 
 
-def targeted_existing(model) -> Iterator[tuple[str, Linear]]:
-  for i, layer in enumerate(model.model.layers):
-    for sub, proj in TARGETS.values():
-      lin = getattr(getattr(layer, sub), proj)
-      if lin.lora_a is not None:
-        yield f"model.layers.{i}.{sub}.{proj}", lin
+def targeted_existing(model) -> Iterator[tuple[list[str], Linear]]:
+  for paths, lin in targeted(model, tuple(TARGETS)):
+    if lin.lora_a is not None:
+      yield paths, lin

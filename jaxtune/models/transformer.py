@@ -2,6 +2,16 @@
 
 Attribute paths mirror HF: `model.embed_tokens`, `model.layers[i].self_attn`,
 `model.layers[i].mlp`, `model.norm`, `lm_head` (None when tied).
+
+With `scan_layers` the decoder blocks are one `DecoderLayer` whose every
+variable has a leading `layers` axis (logical axis "layers"), and the forward
+pass is a `lax.scan` over it (remat applied to the scanned block), so the
+compiled program holds one block whatever the depth. Layers of different kinds
+(Gemma 2/3's sliding and global layers, Qwen 2's sliding top layers) run in the
+same scan: the kind of each layer is scanned data, and a `lax.switch` picks the
+block variant (window, RoPE) per layer. The weight paths are then
+`model.layers.self_attn...` with the layer as the first axis; HF load and export
+stack and unstack them (jaxtune/weights/).
 """
 
 from __future__ import annotations
@@ -46,14 +56,17 @@ class DecoderLayer(nnx.Module):
     else:
       self.pre_feedforward_layernorm = self.post_feedforward_layernorm = None
 
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None) -> jax.Array:
-    attn_BTD = self.self_attn(self.input_layernorm(x_BTD), positions_BT, segment_ids_BT)
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array | None, *,
+               sliding: bool | None = None) -> jax.Array:
+    attn_BTD = self.self_attn(self.input_layernorm(x_BTD), positions_BT, segment_ids_BT, sliding=sliding)
     return self._residual(x_BTD, attn_BTD)
 
-  def decode(self, x_BtD, positions_Bt, segment_ids_Bt, k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index):
+  def decode(self, x_BtD, positions_Bt, segment_ids_Bt, k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index, *,
+             sliding: bool | None = None):
     """`__call__` for a block of tokens over a KV cache; returns (x, k, v)."""
     attn_BtD, k_BKSH, v_BKSH = self.self_attn.decode(self.input_layernorm(x_BtD), positions_Bt, segment_ids_Bt,
-                                                     k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index)
+                                                     k_BKSH, v_BKSH, cache_seg_BS, cache_pos_BS, index,
+                                                     sliding=sliding)
     return self._residual(x_BtD, attn_BtD), k_BKSH, v_BKSH
 
   def _residual(self, x_BTD: jax.Array, attn_BTD: jax.Array) -> jax.Array:
@@ -64,15 +77,33 @@ class DecoderLayer(nnx.Module):
     return h_BTD + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h_BTD)))
 
 
-class Decoder(nnx.Module):
-  """HF's `model`: embeddings, layers, final norm."""
+def stacked_layers(cfg: ModelConfig, *, rngs: nnx.Rngs, **kw) -> DecoderLayer:
+  """One DecoderLayer whose every variable has a leading axis of `num_layers` (logical axis "layers"), each
+  slice initialised as an unstacked layer is (its own split of the rngs)."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl):
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return DecoderLayer(cfg, 0, rngs=rngs, **kw)
+
+  layers = make(rngs)
+  for _, var in nnx.iter_graph(layers):
+    if isinstance(var, nnx.Variable) and var.get_metadata().get("logical_axes") is not None:
+      var.set_metadata(logical_axes=("layers",) + tuple(var.get_metadata()["logical_axes"]))
+  return layers
+
+
+class Decoder(nnx.Module):
+  """HF's `model`: embeddings, layers (a list, or one stacked layer when scanned), final norm."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl,
+               scan_layers: bool = False):
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.layers = nnx.List([
-        DecoderLayer(cfg, i, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
-        for i in range(cfg.num_layers)
-    ])
+    kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+    if scan_layers:
+      self.layers = stacked_layers(cfg, rngs=rngs, **kw)
+    else:
+      self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs, **kw) for i in range(cfg.num_layers)])
     self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
 
 
@@ -87,17 +118,25 @@ def _run_layer(layer: DecoderLayer, remat: str, x_BTD, positions_BT, segment_ids
   return jax.checkpoint(f, policy=REMAT_POLICIES[remat], prevent_cse=True)(state, x_BTD, positions_BT, segment_ids_BT)
 
 
+def _switch(index: jax.Array, branches: list, *args):
+  """branches[index](*args); the one branch itself when there is only one (no switch in the program)."""
+  return branches[0](*args) if len(branches) == 1 else jax.lax.switch(index, branches, *args)
+
+
 class CausalLM(nnx.Module):
   """Decoder-only LM: `__call__(input_ids [B,T], positions, segment_ids) -> float32 logits [B,T,V]`."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none", attention_impl: str | None = None, hf_config: dict[str, Any] | None = None):
+               remat: str = "none", attention_impl: str | None = None, hf_config: dict[str, Any] | None = None,
+               scan_layers: bool = False):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat {remat!r} not in {tuple(REMAT_POLICIES)}")
     self.config = cfg
     self.dtype = dtype
     self.remat = remat
-    self.model = Decoder(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+    self.scan_layers = bool(scan_layers)
+    self.model = Decoder(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
+                         scan_layers=self.scan_layers)
     self.lm_head = None if cfg.tie_word_embeddings else Linear(
         cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self._hf_config_json = None  # JSON text, so that the graph definition stays hashable
@@ -124,9 +163,38 @@ class CausalLM(nnx.Module):
     B, T = input_ids.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)) if positions is None else positions
     x_BTD = constrain(self._embed(input_ids), ACT)
-    for layer in self.model.layers:
-      x_BTD = constrain(_run_layer(layer, self.remat, x_BTD, positions_BT, segment_ids), ACT)
+    if self.scan_layers:
+      x_BTD = self._scanned_layers(x_BTD, positions_BT, segment_ids)
+    else:
+      for layer in self.model.layers:
+        x_BTD = constrain(_run_layer(layer, self.remat, x_BTD, positions_BT, segment_ids), ACT)
     return constrain(self.model.norm(x_BTD), ACT)
+
+  def _layer_kinds(self) -> tuple[tuple[bool, ...], jax.Array]:
+    """(the distinct layer kinds, sliding or not, in order; each layer's index into them [L])."""
+    flags = [self.config.is_sliding(i) for i in range(self.config.num_layers)]
+    kinds = tuple(sorted(set(flags)))
+    return kinds, jnp.asarray([kinds.index(f) for f in flags], jnp.int32)
+
+  def _scanned_layers(self, x_BTD, positions_BT, segment_ids_BT):
+    """The stacked decoder blocks over x, one `lax.scan` step per layer (remat per step)."""
+    graphdef, state = nnx.split(self.model.layers)
+    kinds, kind_L = self._layer_kinds()
+
+    def block(state_l, x_BTD, kind):
+      layer = nnx.merge(graphdef, state_l)
+      branches = [lambda x, k=k: layer(x, positions_BT, segment_ids_BT, sliding=k) for k in kinds]
+      return _switch(kind, branches, x_BTD)
+
+    if self.remat != "none":
+      block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat])
+
+    def step(x_BTD, xs):
+      state_l, kind = xs
+      return constrain(block(state_l, x_BTD, kind), ACT), None
+
+    x_BTD, _ = jax.lax.scan(step, x_BTD, (state, kind_L))
+    return x_BTD
 
   def logits_from_hidden(self, h_BTD: jax.Array) -> jax.Array:
     """float32 logits [B, T, V] (final softcap applied) from `hidden_states`."""
@@ -147,6 +215,7 @@ class CausalLM(nnx.Module):
   # -- KV-cache decoding -----------------------------------------------------
   CACHE_AXES = ("batch", "kv_heads", "seq", "head_dim")  # logical axes of the k/v caches [B, K, S, H]
   CACHE_SLOT_AXES = ("batch", "seq")  # ... and of the per-slot segment ids / positions [B, S]
+  STACKED_CACHE_AXES = ("layers",) + CACHE_AXES  # scanned layers' stacked caches [L, B, K, S, H]
 
   def cache_len(self, layer: int, max_len: int) -> int:
     """Slots of `layer`'s cache for columns 0..max_len-1: its window when that is shorter (a ring), else max_len."""
@@ -160,20 +229,76 @@ class CausalLM(nnx.Module):
     Full-attention layers hold every column (S = max_len; slot metadata "segment_ids" / "positions" [B, max_len]).
     Sliding layers whose window W is shorter keep only a ring of W slots, column c in slot c % W (metadata
     "ring_segment_ids" / "ring_positions" [B, W], present only then). Under a mesh context the arrays are
-    sharded by their logical axes (CACHE_AXES, CACHE_SLOT_AXES)."""
+    sharded by their logical axes (CACHE_AXES, CACHE_SLOT_AXES).
+
+    With `scan_layers` the layers' caches are stacked by length: "k" / "v" [L_full, B, K, max_len, H] for the
+    layers holding every column, "ring_k" / "ring_v" [L_ring, B, K, W, H] for the rings (each present when it
+    has a layer; STACKED_CACHE_AXES)."""
     cfg = self.config
     dtype = self.dtype if dtype is None else dtype
     lens = [self.cache_len(i, max_len) for i in range(cfg.num_layers)]
     H = cfg.head_dim
     kv = lambda S: constrain(jnp.zeros((batch, cfg.num_kv_heads, S, H), dtype), self.CACHE_AXES)  # noqa: E731
     slots = lambda S: constrain(jnp.zeros((batch, S), jnp.int32), self.CACHE_SLOT_AXES)  # noqa: E731
-    cache = {"k": [kv(S) for S in lens], "v": [kv(S) for S in lens],
-             "segment_ids": slots(max_len), "positions": slots(max_len)}
+    cache = {"segment_ids": slots(max_len), "positions": slots(max_len)}
+    if self.scan_layers:
+      for pre, layers in self._cache_groups(max_len).items():
+        S = max_len if pre == "" else lens[layers[0]]
+        shape = (len(layers), batch, cfg.num_kv_heads, S, H)
+        cache[pre + "k"] = constrain(jnp.zeros(shape, dtype), self.STACKED_CACHE_AXES)
+        cache[pre + "v"] = constrain(jnp.zeros(shape, dtype), self.STACKED_CACHE_AXES)
+    else:
+      cache.update(k=[kv(S) for S in lens], v=[kv(S) for S in lens])
     rings = {S for S in lens if S < max_len}  # one window for every sliding layer
     if rings:
       (W,) = rings
       cache.update(ring_segment_ids=slots(W), ring_positions=slots(W))
     return cache
+
+  def _cache_groups(self, max_len: int) -> dict[str, list[int]]:
+    """The layers of each stacked cache: "" (every column) and "ring_" (a sliding window's ring), when not
+    empty."""
+    groups: dict[str, list[int]] = {}
+    for i in range(self.config.num_layers):
+      groups.setdefault("ring_" if self.cache_len(i, max_len) < max_len else "", []).append(i)
+    return groups
+
+  def _scanned_decode(self, x_BtD, pos_Bt, seg_Bt, cache, index):
+    """The stacked layers over a block of tokens and their stacked caches, one `lax.scan` step per layer;
+    returns (x, {pre: (k, v)})."""
+    S = cache["positions"].shape[1]
+    groups = self._cache_groups(S)
+    slot_L = [0] * self.config.num_layers
+    for layers in groups.values():
+      for j, i in enumerate(layers):
+        slot_L[i] = j
+    flags = [(self.config.is_sliding(i), self.cache_len(i, S) < S) for i in range(self.config.num_layers)]
+    variants = tuple(sorted(set(flags)))
+    graphdef, state = nnx.split(self.model.layers)
+
+    def step(carry, xs):
+      x_BtD, kv = carry
+      state_l, variant, slot = xs
+      layer = nnx.merge(graphdef, state_l)
+
+      def run(x_BtD, kv, sliding, pre):
+        k_all, v_all = kv[pre]
+        k_BKSH = jax.lax.dynamic_index_in_dim(k_all, slot, 0, keepdims=False)
+        v_BKSH = jax.lax.dynamic_index_in_dim(v_all, slot, 0, keepdims=False)
+        x_BtD, k_BKSH, v_BKSH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BKSH, v_BKSH, cache[pre + "segment_ids"],
+                                             cache[pre + "positions"], index, sliding=sliding)
+        kv = {**kv, pre: (jax.lax.dynamic_update_index_in_dim(k_all, k_BKSH, slot, 0),
+                          jax.lax.dynamic_update_index_in_dim(v_all, v_BKSH, slot, 0))}
+        return x_BtD, kv
+
+      branches = [lambda x, kv, sl=sl, ring=ring: run(x, kv, sl, "ring_" if ring else "") for sl, ring in variants]
+      x_BtD, kv = _switch(variant, branches, x_BtD, kv)
+      return (constrain(x_BtD, ACT), kv), None
+
+    kv = {pre: (cache[pre + "k"], cache[pre + "v"]) for pre in groups}
+    xs = (state, jnp.asarray([variants.index(f) for f in flags], jnp.int32), jnp.asarray(slot_L, jnp.int32))
+    (x_BtD, kv), _ = jax.lax.scan(step, (x_BtD, kv), xs)
+    return x_BtD, kv
 
   def decode_hidden(self, input_ids: jax.Array, positions: jax.Array, cache: dict[str, Any], cache_index: jax.Array,
                     segment_ids: jax.Array | None = None):
@@ -187,15 +312,22 @@ class CausalLM(nnx.Module):
     pos_Bt = positions.astype(jnp.int32)
     index = jnp.asarray(cache_index, jnp.int32)
     x_BtD = constrain(self._embed(input_ids), ACT)
-    ks, vs = [], []
-    for i, (layer, k_BKSH, v_BKSH) in enumerate(zip(self.model.layers, cache["k"], cache["v"])):
-      pre = "ring_" if self.cache_len(i, S) < S else ""
-      x_BtD, k_BKSH, v_BKSH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BKSH, v_BKSH, cache[pre + "segment_ids"],
-                                           cache[pre + "positions"], index)
-      x_BtD = constrain(x_BtD, ACT)
-      ks.append(constrain(k_BKSH, self.CACHE_AXES))
-      vs.append(constrain(v_BKSH, self.CACHE_AXES))
-    new_cache = {"k": ks, "v": vs}
+    if self.scan_layers:
+      x_BtD, kv = self._scanned_decode(x_BtD, pos_Bt, seg_Bt, cache, index)
+      new_cache = {}
+      for pre, (k, v) in kv.items():
+        new_cache[pre + "k"] = constrain(k, self.STACKED_CACHE_AXES)
+        new_cache[pre + "v"] = constrain(v, self.STACKED_CACHE_AXES)
+    else:
+      ks, vs = [], []
+      for i, (layer, k_BKSH, v_BKSH) in enumerate(zip(self.model.layers, cache["k"], cache["v"])):
+        pre = "ring_" if self.cache_len(i, S) < S else ""
+        x_BtD, k_BKSH, v_BKSH = layer.decode(x_BtD, pos_Bt, seg_Bt, k_BKSH, v_BKSH, cache[pre + "segment_ids"],
+                                             cache[pre + "positions"], index)
+        x_BtD = constrain(x_BtD, ACT)
+        ks.append(constrain(k_BKSH, self.CACHE_AXES))
+        vs.append(constrain(v_BKSH, self.CACHE_AXES))
+      new_cache = {"k": ks, "v": vs}
     for pre in ("", "ring_"):
       for name, block_Bt in (("segment_ids", seg_Bt), ("positions", pos_Bt)):
         if pre + name in cache:
@@ -212,7 +344,8 @@ class CausalLM(nnx.Module):
 
 
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
-                attention_impl: str | None = None, hf_config: dict[str, Any] | None = None) -> CausalLM:
+                attention_impl: str | None = None, hf_config: dict[str, Any] | None = None,
+                scan_layers: bool = False) -> CausalLM:
   """A randomly initialised CausalLM (normal(0.02) kernels/embeddings, zero biases, unit norms)."""
   return CausalLM(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, attention_impl=attention_impl,
-                  hf_config=hf_config)
+                  hf_config=hf_config, scan_layers=scan_layers)

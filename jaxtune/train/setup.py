@@ -80,7 +80,13 @@ def check_batch(cfg: Config, mesh) -> None:
 
 
 def check_resume_config(cfg: Config, saved: dict) -> None:
-  """Refuses a resume whose config changed a key that decides which tokens the run sees."""
+  """Refuses a resume whose config changed a key that decides which tokens the run sees, or the layout of
+  the checkpointed layers (model.scan_layers; runs from before that key were unrolled)."""
+  saved_scan = bool(saved.get("model", {}).get("scan_layers", False)) if saved else cfg.model.scan_layers
+  if saved_scan != cfg.model.scan_layers:
+    raise TrainingError(f"cannot resume: the checkpoints hold {'scanned' if saved_scan else 'unrolled'} decoder "
+                        f"layers and model.scan_layers={cfg.model.scan_layers}; set "
+                        f"--config.model.scan_layers={saved_scan} to resume this run")
   now = json.loads(json.dumps(cfg.to_dict()))
   changed = [f"{sec}.{k}: {saved[sec][k]!r} -> {now[sec][k]!r}" for sec, k in determinism_keys()
              if sec in saved and k in saved[sec] and saved[sec][k] != now[sec][k]]
@@ -112,7 +118,8 @@ def build(cfg: Config) -> Run:
 
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=compute_dtype(cfg.model.dtype), param_dtype=jnp_dtype(cfg.model.param_dtype),
-                            mesh=mesh, remat=cfg.model.remat, attention_impl=cfg.model.attention)
+                            mesh=mesh, remat=cfg.model.remat, attention_impl=cfg.model.attention,
+                            scan_layers=cfg.model.scan_layers)
     old_vocab = grow_for_tokenizer(model, tokenizer)  # special tokens data.chat_template needed were added
     if old_vocab is not None:
       log.info("vocabulary %d -> %d for the added tokens %s; new rows = the mean of the old ones", old_vocab,

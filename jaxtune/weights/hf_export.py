@@ -1,6 +1,8 @@
 """Write NNX parameters as an HF checkpoint directory, one tensor at a time.
 
-Shard layout is planned from shapes alone, so each safetensors file is written
+A scanned model's stacked decoder-block parameters are written as their per-layer
+tensors (one layer sliced out on its devices at a time), so the files are the same
+in both modes. Shard layout is planned from shapes alone, so each safetensors file is written
 header first and then streamed tensor by tensor (each assembled on the host from
 its device shards straight into HF layout and dtype, written, dropped): host
 memory beyond the params stays bounded by about one tensor. With several
@@ -160,6 +162,24 @@ def copy_side_files(source_dir: Path, out_dir: Path) -> list[str]:
   return copied
 
 
+def _param_paths(cfg: ModelConfig, scan_layers: bool) -> list[tuple]:
+  """The parameter paths of a model of `cfg`, in its order."""
+  abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0), scan_layers=scan_layers))
+  return [tuple(p) for p, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))]
+
+
+class _Layer:
+  """Layer `i` of a stacked parameter [L, ...], taken (on its devices) only when it is written."""
+
+  def __init__(self, stacked: Any, i: int):
+    self.stacked, self.i = stacked, i
+    self.shape, self.dtype = tuple(stacked.shape[1:]), stacked.dtype
+
+
+def _value(x: Any) -> Any:
+  return x.stacked[x.i] if isinstance(x, _Layer) else x
+
+
 def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state: Any, out_dir: str | Path, *,
                           tokenizer: Any = None, dtype: Any = None, source_dir: str | Path | None = None,
                           max_shard_bytes: int = 5 * 10**9) -> Path:
@@ -168,9 +188,10 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
   writer = jax.process_index() == 0
   pairs = flat_params(params_state)
   given = {tables.dotted(p): (p, v) for p, v in pairs}
-  abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
-  expected = [tables.dotted(p) for p, _ in nnx.to_flat_state(nnx.state(abstract, nnx.Param))]
-  missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+  scanned = any(tables.stacked_layer_paths(p, cfg.num_layers) is not None for p, _ in pairs)
+  expected = _param_paths(cfg, scanned)
+  missing = sorted(set(map(tables.dotted, expected)) - set(given))
+  extra = sorted(set(given) - set(map(tables.dotted, expected)))
   if missing or extra:
     raise ValueError(f"params do not match a {cfg.family} model: missing {missing[:10]}, unexpected {extra[:10]}")
   if dtype is None:
@@ -179,9 +200,13 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
   if dtype.name not in ST_DTYPES:
     raise ValueError(f"export dtype {dtype} not in {sorted(ST_DTYPES)}")
 
-  entries = []  # (hf name, hf shape, value, transform), in the model's path order
-  for name in expected:
-    path, value = given[name]
+  # (hf name, hf shape, value, transform), in an unrolled model's path order (a scanned model's stacked
+  # parameters unstacked: the same files, tensor for tensor, in both modes)
+  entries = []
+  for path in (_param_paths(cfg, False) if scanned else expected):
+    stacked = tables.stacked_path(path) if scanned else None
+    value = given[tables.dotted(path)][1] if stacked is None else _Layer(given[tables.dotted(stacked[0])][1],
+                                                                        stacked[1])
     key, transform = tables.hf_key(cfg.family, path)
     entries.append((key, transform.hf_shape(value.shape), value, transform))
   shards = plan_shards([(k, int(np.prod(s, dtype=np.int64)) * dtype.itemsize) for k, s, _, _ in entries],
@@ -196,7 +221,7 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
   for fname, idx in zip(file_names, shards):
     names = [entries[i][0] for i in idx]
     shapes = [entries[i][1] for i in idx]
-    arrays = (hf_tensor(entries[i][2], entries[i][3], dtype) for i in idx)
+    arrays = (hf_tensor(_value(entries[i][2]), entries[i][3], dtype) for i in idx)
     write_safetensors(out_dir / fname if writer else None, names, shapes, dtype, arrays)
 
   if writer:

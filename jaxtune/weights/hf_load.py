@@ -124,6 +124,21 @@ def read_sharded(slice_obj: Any, transform: tables.Transform, shape: tuple[int, 
   return jax.make_array_from_callback(shape, sharding, cb)
 
 
+def _checked_slice(f, file: Path, key: str, layer_shape: tuple[int, ...], transform: tables.Transform, what: str):
+  """The safetensors slice of `key`, checked against the parameter (or per-layer slice) shape it fills."""
+  try:
+    sl = f.get_slice(key)
+  except Exception as e:  # noqa: BLE001 - a stale index names a tensor the file lacks
+    raise CheckpointError(f"tensor {key!r} is listed for {file.name} but cannot be read there: {e}") from e
+  want, got = transform.hf_shape(layer_shape), tuple(sl.get_shape())
+  if want != got:
+    raise CheckpointError(f"tensor {key!r} in {file.name} has shape {got}, expected {want} "
+                          f"(for parameter {what} of shape {layer_shape})")
+  if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
+    raise CheckpointError(f"tensor {key!r} in {file.name} has dtype {sl.get_dtype()}, expected a float dtype")
+  return sl
+
+
 def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform: tables.Transform,
                 sharding: Sharding, param_dtype: Any) -> jax.Array:
   """One parameter from its safetensors file. The file is opened for this tensor
@@ -131,17 +146,8 @@ def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform:
   RSS until the map is closed, so a handle held across tensors would grow RSS by
   the whole shard file."""
   with safe_open(file, framework="numpy") as f:
-    try:
-      sl = f.get_slice(key)
-    except Exception as e:  # noqa: BLE001 - a stale index names a tensor the file lacks
-      raise CheckpointError(f"tensor {key!r} is listed for {file.name} but cannot be read there: {e}") from e
     shape = tuple(var.get_value().shape)
-    want, got = transform.hf_shape(shape), tuple(sl.get_shape())
-    if want != got:
-      raise CheckpointError(f"tensor {key!r} in {file.name} has shape {got}, expected {want} "
-                            f"(for parameter {tables.dotted(path)} of shape {shape})")
-    if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
-      raise CheckpointError(f"tensor {key!r} in {file.name} has dtype {sl.get_dtype()}, expected a float dtype")
+    sl = _checked_slice(f, file, key, shape, transform, tables.dotted(path))
     try:
       return read_sharded(sl, transform, shape, sharding, param_dtype)
     except TypeError as e:  # safetensors < 0.8 cannot give bfloat16 tensors to numpy
@@ -149,26 +155,68 @@ def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform:
                             "bfloat16 checkpoints need safetensors >= 0.8") from e
 
 
+def _slice_len(s: slice, n: int) -> int:
+  return len(range(*s.indices(n)))
+
+
+def read_stacked(files: dict[str, Path], keys: list[tuple[str, tables.Transform]], var: nnx.Variable, path: tuple,
+                 sharding: Sharding, param_dtype: Any) -> jax.Array:
+  """A scanned model's stacked parameter [L, ...] from its L per-layer HF tensors: each addressable shard is
+  filled layer by layer (one tensor's slice read at a time, its file open only meanwhile), so host memory
+  holds the stacked target's shard plus one slice."""
+  shape = tuple(var.get_value().shape)
+  layer_shape = shape[1:]
+  cache: dict[tuple, np.ndarray] = {}  # shards replicated over several local devices are read once
+
+  def cb(index: tuple[slice, ...]) -> np.ndarray:
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    cache_key = tuple((s.start, s.stop, s.step) for s in index)
+    if cache_key not in cache:
+      layers, rest = range(*index[0].indices(shape[0])), index[1:]
+      out = np.empty((len(layers),) + tuple(_slice_len(s, n) for s, n in zip(rest, layer_shape)), param_dtype)
+      for j, layer in enumerate(layers):
+        key, transform = keys[layer]
+        with safe_open(files[key], framework="numpy") as f:
+          sl = _checked_slice(f, files[key], key, layer_shape, transform, f"{tables.dotted(path)}[{layer}]")
+          hf_index = transform.hf_index(rest)
+          copy_into(out[j], transform.to_flax(np.asarray(sl[hf_index] if hf_index else sl[:])))
+      cache[cache_key] = out
+    return cache[cache_key]
+
+  return jax.make_array_from_callback(shape, sharding, cb)
+
+
 def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
                placement: Callable[[str, nnx.Variable, tuple[int, ...]], Sharding], param_dtype: Any) -> nnx.State:
-  """Fills an abstract params state from the checkpoint in `d`."""
+  """Fills an abstract params state from the checkpoint in `d` (a scanned model's stacked decoder-block
+  parameters from their per-layer tensors)."""
   files = weight_map(d)
-  flat = list(nnx.to_flat_state(abstract_state))
-  plan = [(path, var, *tables.hf_key(cfg.family, path)) for path, var in flat]
-  check_keys({key for _, _, key, _ in plan}, set(files), tied=cfg.tie_word_embeddings)
+  plan = []  # (path, var, [(hf key, transform)] per layer, stacked?)
+  for path, var in nnx.to_flat_state(abstract_state):
+    layers = tables.stacked_layer_paths(path, cfg.num_layers)
+    keys = [tables.hf_key(cfg.family, p) for p in (layers or [path])]
+    plan.append((path, var, keys, layers is not None))
+  check_keys({key for _, _, keys, _ in plan for key, _ in keys}, set(files), tied=cfg.tie_word_embeddings)
   out = []
-  for path, var, key, transform in plan:
+  for path, var, keys, stacked in plan:
     shape = tuple(var.get_value().shape)
-    array = read_tensor(files[key], key, var, path, transform, placement(tables.dotted(path), var, shape), param_dtype)
+    sharding = placement(tables.dotted(path), var, shape)
+    if stacked:
+      array = read_stacked(files, keys, var, path, sharding, param_dtype)
+    else:
+      (key, transform), = keys
+      array = read_tensor(files[key], key, var, path, transform, sharding, param_dtype)
     out.append((path, var.replace(array)))
   return nnx.from_flat_state(out)
 
 
 def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = None, mesh: Mesh | None = None,
-                    remat: str = "none", attention_impl: str | None = None) -> CausalLM:
+                    remat: str = "none", attention_impl: str | None = None,
+                    scan_layers: bool | None = None) -> CausalLM:
   """An HF checkpoint dir (or hub id) as a CausalLM; params sharded over `mesh`
   by their logical axes (one device when mesh is None). Params are stored in
-  `param_dtype` (default float32) and computed in `dtype` (default float32)."""
+  `param_dtype` (default float32) and computed in `dtype` (default float32).
+  `scan_layers` stacks the decoder blocks and scans them (None/False: unrolled)."""
   d = resolve_model_dir(path)
   config_file = d / "config.json"
   if not config_file.exists():
@@ -178,7 +226,8 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = N
   dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)  # (a np.dtype is falsy: no `or` here)
   param_dtype = jnp.dtype(jnp.float32 if param_dtype is None else param_dtype)
   abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
-                                                remat=remat, attention_impl=attention_impl, hf_config=hf_config))
+                                                remat=remat, attention_impl=attention_impl, hf_config=hf_config,
+                                                scan_layers=bool(scan_layers)))
   graphdef, abstract_state = nnx.split(abstract)
   if mesh is None:
     one = SingleDeviceSharding(jax.local_devices()[0])

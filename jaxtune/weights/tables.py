@@ -3,7 +3,8 @@
 NNX attribute paths mirror HF names, so each family's table lists only the
 renames: `kernel` <-> `weight` (transposed: kernels are [in, out], HF weights
 [out, in]) and `embedding` <-> `weight`. Load and export both go through
-`hf_key(family, path)`.
+`hf_key(family, path)`; a scanned model's stacked decoder-block parameters
+(`model.layers.<name>`) go through the per-layer paths `stacked_layer_paths` gives.
 """
 
 from __future__ import annotations
@@ -83,6 +84,23 @@ def hf_key(family: str, path: Sequence) -> tuple[str, Transform]:
     if re.fullmatch(rule.flax, name):
       return re.sub(f"^{rule.flax}$", rule.hf, name), rule.transform
   raise KeyError(f"parameter {name!r} has no HF name in the {family} weight table")
+
+
+def stacked_layer_paths(path: Sequence, num_layers: int) -> list[tuple] | None:
+  """For a parameter of scanned decoder blocks (`model.layers.<name>...`, its first axis the layer), the
+  unstacked per-layer paths `model.layers.<i>.<name>...` it holds, layer by layer; None for any other path."""
+  path = tuple(path)
+  if len(path) > 2 and path[:2] == ("model", "layers") and not str(path[2]).isdigit():
+    return [path[:2] + (i,) + path[2:] for i in range(num_layers)]
+  return None
+
+
+def stacked_path(path: Sequence) -> tuple[tuple, int] | None:
+  """The inverse: (scanned path, layer) of a per-layer path `model.layers.<i>.<name>...`; None for any other."""
+  path = tuple(path)
+  if len(path) > 3 and path[:2] == ("model", "layers") and str(path[2]).isdigit():
+    return path[:2] + path[3:], int(path[2])
+  return None
 
 
 def is_ignored(key: str) -> bool:
