@@ -28,6 +28,7 @@ MASK_MODES = ("assistant", "last_assistant", "none")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+QUANTIZE = ("none", "int8", "nf4")  # jaxtune.models.quant.FORMATS
 ATTENTION = ("auto", "xla", "blockwise", "cudnn", "splash")  # jaxtune.models.attention_kernels.IMPLS
 SCHEDULES = ("cosine", "linear", "constant")
 OBJECTIVES = ("sft", "dpo", "distill")  # jaxtune.train.objectives
@@ -83,6 +84,9 @@ class ModelCfg(_Section):
   scan_layers: bool = key(True, "stack the decoder blocks and run them with lax.scan (compile time independent of "
                           "depth; remat per block); False: unrolled. Checkpoints keep the layout they were "
                           "written with")
+  quantize: str = key("none", "QLoRA: store the frozen base's decoder projections quantized (int8, or nf4 4-bit "
+                      "NormalFloat) with blockwise scales, dequantized inside each matmul; needs lora.rank > 0",
+                      choices=QUANTIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +296,8 @@ class Config:
            "eval.prompts is empty")
     _check(self.train.objective != "distill" or bool(self.distill.teacher), "distill.teacher",
            "train.objective is distill but no teacher is set")
+    _check(self.model.quantize == "none" or self.lora.rank > 0, "model.quantize",
+           f"{self.model.quantize!r} quantizes the frozen base of a LoRA run (QLoRA): set lora.rank > 0")
 
   @classmethod
   def from_dict(cls, cd: Any) -> "Config":
@@ -309,6 +315,11 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def quantize_format(cfg: Config) -> str | None:
+  """model.quantize as the models take it: None for no quantization."""
+  return None if cfg.model.quantize == "none" else cfg.model.quantize
 
 
 def _nearest(name: str, known) -> str:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
-from jaxtune.config import Config, compute_dtype, jnp_dtype
+from jaxtune.config import Config, compute_dtype, jnp_dtype, quantize_format
 from jaxtune.errors import UsageError
 from jaxtune.models.lora import attach_lora
 from jaxtune.train import checkpoint as ckpt_lib
@@ -46,7 +46,7 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
-                              scan_layers=cfg.model.scan_layers)
+                              scan_layers=cfg.model.scan_layers, quantize=quantize_format(cfg))
       if hf_config.get("vocab_size", 0) > model.config.vocab_size:  # grown in training for added tokens
         from jaxtune.models.resize import resize_vocab
         resize_vocab(model, hf_config["vocab_size"])

@@ -30,14 +30,16 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
                     lora_rank: int = 0, lora_alpha: float | None = None,
                     lora_targets: tuple[str, ...] = ALL_PROJECTIONS, dtype: str = "bfloat16",
                     param_dtype: str = "float32", remat: str = "full", seq_len: int = 4096,
-                    loss_chunk: int = 0, root: str = "/mnt/shared") -> ml_collections.ConfigDict:
+                    loss_chunk: int = 0, quantize: str = "none",
+                    root: str = "/mnt/shared") -> ml_collections.ConfigDict:
   """The ConfigDict of a recipe that tunes hub model `model` as run `run`.
 
   `batch_size` is the global batch in rows of `seq_len` tokens; `batch_size /
   grad_accum` must be a multiple of `data * fsdp`; `context` > 1 splits each
   row's `seq_len` tokens over that many chips (context parallelism), and
   `loss_chunk` > 0 computes the loss over that many positions of each chip's
-  slice at a time. `warmup_steps` defaults to
+  slice at a time; `quantize` ("int8" / "nf4", with `lora_rank`) stores the
+  frozen base quantized (QLoRA). `warmup_steps` defaults to
   5% of `steps` and `checkpoint_every` to a quarter of it. `lora_rank` 0 is a
   full fine-tune; otherwise adapters of that rank train on `lora_targets`, with
   `lora_alpha` (default: twice the rank).
@@ -53,6 +55,7 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.model.dtype = dtype
   c.model.param_dtype = param_dtype
   c.model.remat = remat
+  c.model.quantize = quantize
 
   if lora_rank:
     c.lora.rank = lora_rank

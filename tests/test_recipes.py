@@ -37,7 +37,7 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as
 
 from jaxtune import mesh as mesh_lib
 from jaxtune.config import Config, OptimCfg
-from jaxtune.models import ModelConfig, build_model
+from jaxtune.models import ModelConfig, build_model, quant
 from jaxtune.models.presets import HF_CONFIGS, preset_model_config
 from jaxtune.train.optim import make_optimizer
 
@@ -222,7 +222,13 @@ def memory(r: Recipe) -> Memory:
                                     scaled_sizes(r.sizes))
   mesh = full_mesh(r.sizes)
   sh = lambda axes, sds: mesh_lib.sharding_for(axes, sds.shape, mesh)
-  param_bytes = sum(shard_bytes(s, sh(a, s)) for s, a in params.values())
+  def stored(path, s, a):  # a QLoRA base stores its decoder projections as codes + scales
+    b = shard_bytes(s, sh(a, s))
+    if c.model.quantize != "none" and "['layers']" in path and path.endswith("['kernel']"):
+      return b * quant.stored_bytes(s.shape, c.model.quantize) / (math.prod(s.shape) * s.dtype.itemsize)
+    return b
+
+  param_bytes = sum(stored(p, s, a) for p, (s, a) in params.items())
   trainable = params
   if c.lora.rank > 0:  # frozen base weights (no moments, no gradients) + trained adapters
     trainable = lora_adapters(params, c.lora.rank, c.lora.targets, DTYPES[c.model.param_dtype])

@@ -113,14 +113,15 @@ class Attention(nnx.Module):
   (`model.scan_layers`), full and sliding alike."""
 
   def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               attention_impl: str | None = None):
+               attention_impl: str | None = None, quantize: str | None = None):
     D, N, K, H = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, quantize=quantize)
     self.q_proj = Linear(D, N * H, ("embed", "heads"), bias=cfg.qkv_bias, **kw)
     self.k_proj = Linear(D, K * H, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
     self.v_proj = Linear(D, K * H, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
     self.o_proj = Linear(N * H, D, ("heads", "embed"), bias=cfg.o_bias, **kw)
     if cfg.qk_norm:
+      kw.pop("quantize")
       nkw = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, axes=("head_dim",), param_dtype=param_dtype)
       self.q_norm = RMSNorm(H, **nkw)
       self.k_norm = RMSNorm(H, **nkw)

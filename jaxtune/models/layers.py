@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtune.mesh import constrain
+from jaxtune.models import quant
 from jaxtune.models.hf_config import RopeConfig
 
 INIT_STD = 0.02  # HF initializer_range
@@ -31,20 +32,53 @@ class Linear(nnx.Module):
 
   `jaxtune.models.lora.add_lora` sets `lora_a` [in, r] and `lora_b` [r, out] (nnx.LoRAParam)
   and `lora_scale` (alpha / r); the adapter adds scale * (x @ a) @ b.
+
+  With `quantize` ("int8" / "nf4", QLoRA's frozen base) there is no `kernel` parameter: the codes and
+  blockwise scales (`kernel_q`, `kernel_scale`, jaxtune/models/quant.py) are stored instead, and the kernel
+  is dequantized in the compute dtype inside the matmul.
   """
 
   def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, bias: bool = False, rngs: nnx.Rngs,
-               dtype=jnp.float32, param_dtype=jnp.float32):
-    self.kernel = nnx.Param(_normal(rngs, (d_in, d_out), param_dtype), logical_axes=axes)
+               dtype=jnp.float32, param_dtype=jnp.float32, quantize: str | None = None):
+    w_IO = _normal(rngs, (d_in, d_out), param_dtype)
+    self.quantize = quantize
+    if quantize is None:
+      self.kernel = nnx.Param(w_IO, logical_axes=axes)
+      self.kernel_q = self.kernel_scale = nnx.data(None)
+    else:
+      codes, scale = quant.quantize(w_IO, quantize)
+      self.kernel = nnx.data(None)
+      self.kernel_q = quant.Quantized(codes, logical_axes=axes)
+      self.kernel_scale = quant.Quantized(scale, logical_axes=axes)
     self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(axes[1],)) if bias else None
     self.dtype = dtype
+    self.param_dtype = param_dtype
     self.lora_a = nnx.data(None)  # nnx.LoRAParam [in, r] once adapters are added
     self.lora_b = nnx.data(None)  # nnx.LoRAParam [r, out]
     self.lora_scale = 0.0
 
+  @property
+  def kernel_shape(self) -> tuple[int, ...]:
+    """[..., in, out] of the kernel (stored or quantized)."""
+    if self.quantize is None:
+      return tuple(self.kernel.shape)
+    *lead, rows, d_out = self.kernel_q.shape
+    return (*lead, rows * (2 if self.quantize == "nf4" else 1), d_out)
+
+  @property
+  def kernel_axes(self) -> tuple[str, ...]:
+    var = self.kernel if self.quantize is None else self.kernel_q
+    return tuple(var.get_metadata()["logical_axes"])
+
+  def weight(self, dtype) -> jax.Array:
+    """The kernel [..., in, out] in `dtype` (dequantized when stored quantized)."""
+    if self.quantize is None:
+      return self.kernel[...].astype(dtype)
+    return quant.dequantize(self.kernel_q[...], self.kernel_scale[...], self.quantize, dtype)
+
   def __call__(self, x_BTI: jax.Array) -> jax.Array:
     x_BTI = x_BTI.astype(self.dtype)
-    y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.kernel[...].astype(self.dtype))
+    y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.weight(self.dtype))
     if self.lora_a is not None:
       z_BTR = jnp.einsum("...i,ir->...r", x_BTI, self.lora_a[...].astype(self.dtype))
       y_BTO = y_BTO + self.lora_scale * jnp.einsum("...r,ro->...o", z_BTR, self.lora_b[...].astype(self.dtype))
@@ -136,8 +170,8 @@ class MLP(nnx.Module):
   """down(act(gate(x)) * up(x))."""
 
   def __init__(self, dim: int, hidden: int, act: str, *, bias: bool = False, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32):
-    kw = dict(bias=bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+               param_dtype=jnp.float32, quantize: str | None = None):
+    kw = dict(bias=bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype, quantize=quantize)
     self.gate_proj = Linear(dim, hidden, ("embed", "mlp"), **kw)
     self.up_proj = Linear(dim, hidden, ("embed", "mlp"), **kw)
     self.down_proj = Linear(hidden, dim, ("mlp", "embed"), **kw)

@@ -62,12 +62,12 @@ def add_lora(model, *, rank: int, alpha: float, targets, rngs: nnx.Rngs) -> None
   if not getattr(model, "scan_layers", False):
     order = [(0, j) for j in range(len(projections))]
   for _, j in order:
-    d_in = projections[j][1].kernel.shape[-2]
+    d_in = projections[j][1].kernel_shape[-2]
     draws.setdefault(j, []).append(jax.random.normal(rngs.params(), (d_in, rank), jnp.float32) / jnp.sqrt(d_in))
   for j, (_, lin) in enumerate(projections):
-    *stack, d_in, d_out = lin.kernel.shape
-    *stack_axes, in_axis, out_axis = lin.kernel.get_metadata()["logical_axes"]
-    dtype = lin.kernel[...].dtype
+    *stack, d_in, d_out = lin.kernel_shape
+    *stack_axes, in_axis, out_axis = lin.kernel_axes
+    dtype = lin.param_dtype  # adapters train in param_dtype, also over a quantized base
     a = jnp.stack(draws[j]) if stack else draws[j][0]
     lin.lora_a = nnx.LoRAParam(a.astype(dtype), logical_axes=(*stack_axes, in_axis, "lora"))
     lin.lora_b = nnx.LoRAParam(jnp.zeros((*stack, rank, d_out), dtype), logical_axes=(*stack_axes, "lora", out_axis))
@@ -88,12 +88,20 @@ def has_lora(model) -> bool:
 
 
 def merge_lora(model) -> None:
-  """Folds every adapter into its base kernel (kernel += scale * A @ B) and removes it, in place."""
+  """Folds every adapter into its base kernel (kernel += scale * A @ B) and removes it, in place. A quantized
+  base is dequantized first: the merged kernel is a float parameter in param_dtype."""
   for _, lin in nnx.iter_graph(model):
     if isinstance(lin, Linear) and lin.lora_a is not None:
-      k = lin.kernel[...]
       delta = lin.lora_scale * (lin.lora_a[...].astype(jnp.float32) @ lin.lora_b[...].astype(jnp.float32))
-      lin.kernel[...] = (k.astype(jnp.float32) + delta).astype(k.dtype)
+      if lin.quantize is None:
+        k = lin.kernel[...]
+        lin.kernel[...] = (k.astype(jnp.float32) + delta).astype(k.dtype)
+      else:
+        merged = (lin.weight(jnp.float32) + delta).astype(lin.param_dtype)
+        lin.kernel = nnx.Param(merged, logical_axes=lin.kernel_axes)
+        lin.kernel_q = nnx.data(None)
+        lin.kernel_scale = nnx.data(None)
+        lin.quantize = None
       lin.lora_a = nnx.data(None)
       lin.lora_b = nnx.data(None)
       lin.lora_scale = 0.0

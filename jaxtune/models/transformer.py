@@ -42,12 +42,13 @@ class DecoderLayer(nnx.Module):
   """Pre-norm block; with `sandwich_norm` (Gemma) the attention and MLP outputs
   are normed too, and the pre-MLP norm is `pre_feedforward_layernorm`."""
 
-  def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl):
+  def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl,
+               quantize: str | None = None):
     nkw = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
     self.self_attn = Attention(cfg, layer, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                               attention_impl=attention_impl)
+                               attention_impl=attention_impl, quantize=quantize)
     self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, bias=cfg.mlp_bias, rngs=rngs,
-                   dtype=dtype, param_dtype=param_dtype)
+                   dtype=dtype, param_dtype=param_dtype, quantize=quantize)
     self.input_layernorm = RMSNorm(cfg.hidden_size, **nkw)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **nkw)
     if cfg.sandwich_norm:
@@ -97,9 +98,9 @@ class Decoder(nnx.Module):
   """HF's `model`: embeddings, layers (a list, or one stacked layer when scanned), final norm."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl,
-               scan_layers: bool = False):
+               scan_layers: bool = False, quantize: str | None = None):
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl, quantize=quantize)
     if scan_layers:
       self.layers = stacked_layers(cfg, rngs=rngs, **kw)
     else:
@@ -128,7 +129,7 @@ class CausalLM(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = "none", attention_impl: str | None = None, hf_config: dict[str, Any] | None = None,
-               scan_layers: bool = False):
+               scan_layers: bool = False, quantize: str | None = None):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat {remat!r} not in {tuple(REMAT_POLICIES)}")
     self.config = cfg
@@ -136,7 +137,7 @@ class CausalLM(nnx.Module):
     self.remat = remat
     self.scan_layers = bool(scan_layers)
     self.model = Decoder(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
-                         scan_layers=self.scan_layers)
+                         scan_layers=self.scan_layers, quantize=quantize)
     self.lm_head = None if cfg.tie_word_embeddings else Linear(
         cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self._hf_config_json = None  # JSON text, so that the graph definition stays hashable
@@ -345,7 +346,9 @@ class CausalLM(nnx.Module):
 
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
                 attention_impl: str | None = None, hf_config: dict[str, Any] | None = None,
-                scan_layers: bool = False) -> CausalLM:
-  """A randomly initialised CausalLM (normal(0.02) kernels/embeddings, zero biases, unit norms)."""
+                scan_layers: bool = False, quantize: str | None = None) -> CausalLM:
+  """A randomly initialised CausalLM (normal(0.02) kernels/embeddings, zero biases, unit norms); with
+  `quantize` the decoder blocks' projections are stored quantized (QLoRA's frozen base; lm_head and the
+  embeddings are not)."""
   return CausalLM(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, attention_impl=attention_impl,
-                  hf_config=hf_config, scan_layers=scan_layers)
+                  hf_config=hf_config, scan_layers=scan_layers, quantize=quantize)

@@ -22,7 +22,7 @@ from flax import nnx
 import jaxtune
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
-from jaxtune.config import Config, compute_dtype, determinism_keys, jnp_dtype
+from jaxtune.config import Config, compute_dtype, determinism_keys, jnp_dtype, quantize_format
 from jaxtune.errors import ConfigError, TrainingError
 from jaxtune.models.lora import attach_lora
 from jaxtune.models.resize import grow_for_tokenizer
@@ -119,7 +119,7 @@ def build(cfg: Config) -> Run:
   with jax.set_mesh(mesh):
     model = load_pretrained(model_dir, dtype=compute_dtype(cfg.model.dtype), param_dtype=jnp_dtype(cfg.model.param_dtype),
                             mesh=mesh, remat=cfg.model.remat, attention_impl=cfg.model.attention,
-                            scan_layers=cfg.model.scan_layers)
+                            scan_layers=cfg.model.scan_layers, quantize=quantize_format(cfg))
     old_vocab = grow_for_tokenizer(model, tokenizer)  # special tokens data.chat_template needed were added
     if old_vocab is not None:
       log.info("vocabulary %d -> %d for the added tokens %s; new rows = the mean of the old ones", old_vocab,

@@ -10,6 +10,7 @@ copies of one tensor: each file is mapped only while one of its tensors is read.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from jax.sharding import Mesh, Sharding, SingleDeviceSharding
 from safetensors import safe_open
 
 from jaxtune.mesh import sharding_for, variable_axes
-from jaxtune.models import CausalLM, ModelConfig, build_model
+from jaxtune.models import CausalLM, ModelConfig, build_model, quant
 from jaxtune.weights import tables
 from jaxtune.errors import CheckpointError  # noqa: F401 - raised here, defined with the other user errors
 
@@ -139,14 +140,13 @@ def _checked_slice(f, file: Path, key: str, layer_shape: tuple[int, ...], transf
   return sl
 
 
-def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform: tables.Transform,
+def read_tensor(file: Path, key: str, shape: tuple[int, ...], path: tuple, transform: tables.Transform,
                 sharding: Sharding, param_dtype: Any) -> jax.Array:
   """One parameter from its safetensors file. The file is opened for this tensor
   only: safetensors memory-maps it, and every page read stays in this process's
   RSS until the map is closed, so a handle held across tensors would grow RSS by
   the whole shard file."""
   with safe_open(file, framework="numpy") as f:
-    shape = tuple(var.get_value().shape)
     sl = _checked_slice(f, file, key, shape, transform, tables.dotted(path))
     try:
       return read_sharded(sl, transform, shape, sharding, param_dtype)
@@ -159,12 +159,11 @@ def _slice_len(s: slice, n: int) -> int:
   return len(range(*s.indices(n)))
 
 
-def read_stacked(files: dict[str, Path], keys: list[tuple[str, tables.Transform]], var: nnx.Variable, path: tuple,
-                 sharding: Sharding, param_dtype: Any) -> jax.Array:
+def read_stacked(files: dict[str, Path], keys: list[tuple[str, tables.Transform]], shape: tuple[int, ...],
+                 path: tuple, sharding: Sharding, param_dtype: Any) -> jax.Array:
   """A scanned model's stacked parameter [L, ...] from its L per-layer HF tensors: each addressable shard is
   filled layer by layer (one tensor's slice read at a time, its file open only meanwhile), so host memory
   holds the stacked target's shard plus one slice."""
-  shape = tuple(var.get_value().shape)
   layer_shape = shape[1:]
   cache: dict[tuple, np.ndarray] = {}  # shards replicated over several local devices are read once
 
@@ -189,34 +188,54 @@ def read_stacked(files: dict[str, Path], keys: list[tuple[str, tables.Transform]
 def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
                placement: Callable[[str, nnx.Variable, tuple[int, ...]], Sharding], param_dtype: Any) -> nnx.State:
   """Fills an abstract params state from the checkpoint in `d` (a scanned model's stacked decoder-block
-  parameters from their per-layer tensors)."""
+  parameters from their per-layer tensors; a quantized kernel's codes and scales from its float tensor, read
+  sharded and quantized on its devices before the next tensor is read)."""
   files = weight_map(d)
-  plan = []  # (path, var, [(hf key, transform)] per layer, stacked?)
-  for path, var in nnx.to_flat_state(abstract_state):
-    layers = tables.stacked_layer_paths(path, cfg.num_layers)
-    keys = [tables.hf_key(cfg.family, p) for p in (layers or [path])]
-    plan.append((path, var, keys, layers is not None))
-  check_keys({key for _, _, keys, _ in plan for key, _ in keys}, set(files), tied=cfg.tie_word_embeddings)
+  flat = dict(nnx.to_flat_state(abstract_state))
+  plan = []  # (path, var, [(hf key, transform)] per layer, stacked?, quantized?)
+  for path, var in flat.items():
+    if path[-1] == "kernel_scale":
+      continue  # filled with its kernel_q
+    quantized = path[-1] == "kernel_q"
+    kernel_path = path[:-1] + ("kernel",) if quantized else path
+    layers = tables.stacked_layer_paths(kernel_path, cfg.num_layers)
+    keys = [tables.hf_key(cfg.family, p) for p in (layers or [kernel_path])]
+    plan.append((path, var, keys, layers is not None, quantized))
+  check_keys({key for _, _, keys, _, _ in plan for key, _ in keys}, set(files), tied=cfg.tie_word_embeddings)
   out = []
-  for path, var, keys, stacked in plan:
+  for path, var, keys, stacked, quantized in plan:
     shape = tuple(var.get_value().shape)
+    fmt = ("nf4" if var.get_value().dtype == jnp.uint8 else "int8") if quantized else None
+    if fmt == "nf4":
+      shape = shape[:-2] + (2 * shape[-2], shape[-1])  # the float kernel the codes come from
     sharding = placement(tables.dotted(path), var, shape)
+    dtype = jnp.float32 if quantized else param_dtype
     if stacked:
-      array = read_stacked(files, keys, var, path, sharding, param_dtype)
+      array = read_stacked(files, keys, shape, path, sharding, dtype)
     else:
       (key, transform), = keys
-      array = read_tensor(files[key], key, var, path, transform, sharding, param_dtype)
-    out.append((path, var.replace(array)))
+      array = read_tensor(files[key], key, shape, path, transform, sharding, dtype)
+    if not quantized:
+      out.append((path, var.replace(array)))
+      continue
+    scale_path = path[:-1] + ("kernel_scale",)
+    scale_var = flat[scale_path]
+    code_sh = placement(tables.dotted(path), var, tuple(var.get_value().shape))
+    scale_sh = placement(tables.dotted(scale_path), scale_var, tuple(scale_var.get_value().shape))
+    codes, scale = jax.jit(functools.partial(quant.quantize, fmt=fmt), out_shardings=(code_sh, scale_sh))(array)
+    del array
+    out += [(path, var.replace(codes)), (scale_path, scale_var.replace(scale))]
   return nnx.from_flat_state(out)
 
 
 def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = None, mesh: Mesh | None = None,
                     remat: str = "none", attention_impl: str | None = None,
-                    scan_layers: bool | None = None) -> CausalLM:
+                    scan_layers: bool | None = None, quantize: str | None = None) -> CausalLM:
   """An HF checkpoint dir (or hub id) as a CausalLM; params sharded over `mesh`
   by their logical axes (one device when mesh is None). Params are stored in
   `param_dtype` (default float32) and computed in `dtype` (default float32).
-  `scan_layers` stacks the decoder blocks and scans them (None/False: unrolled)."""
+  `scan_layers` stacks the decoder blocks and scans them (None/False: unrolled); `quantize` ("int8" /
+  "nf4") stores the decoder blocks' projections quantized, each quantized as it is read."""
   d = resolve_model_dir(path)
   config_file = d / "config.json"
   if not config_file.exists():
@@ -227,7 +246,7 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = N
   param_dtype = jnp.dtype(jnp.float32 if param_dtype is None else param_dtype)
   abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
                                                 remat=remat, attention_impl=attention_impl, hf_config=hf_config,
-                                                scan_layers=bool(scan_layers)))
+                                                scan_layers=bool(scan_layers), quantize=quantize))
   graphdef, abstract_state = nnx.split(abstract)
   if mesh is None:
     one = SingleDeviceSharding(jax.local_devices()[0])
