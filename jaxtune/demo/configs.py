@@ -65,14 +65,17 @@ def dpo_config(cache_dir: str = ""):
   c.dpo.loss = "sigmoid"
   c.dpo.beta = 0.1
   c.dpo.reference = "cached"
+  # The chosen replies' NLL beside the DPO loss (RPO): without it this tiny model unlearns ending its turns
+  # (held-out exact match 99.0% -> 77.5% after 200 steps, measured), with it 99.0% -> 99.0%.
+  c.dpo.sft_weight = 1.0
   c.model.path = paths["sft_model"]
   c.data.train = ({"path": paths["train"], "format": "preference", "weight": 1.0},)
   c.data.eval = ({"path": paths["heldout"], "format": "preference", "weight": 1.0},)
-  c.demo.train_examples = 20000  # the SFT demo's (its assets are shared)
+  c.demo.train_examples = 4000  # preference pairs (the SFT demo's own assets keep their 20000 examples)
   c.train.batch_size = 16
-  c.train.steps = 200
+  c.train.steps = 150
   c.train.log_every = 25
-  c.train.eval_every = 100
+  c.train.eval_every = 50
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 10
   c.run.dir = "runs/demo_dpo"

@@ -118,7 +118,7 @@ def build(cfg: Config) -> Run:
                     "(LoRA trains no embeddings)")
     if cfg.lora.rank > 0:
       attach_lora(model, cfg.lora, seed=cfg.train.seed, mesh=mesh)
-    frozen = objective.prepare(objectives.PrepareContext(
+    objective, frozen = objective.prepare(objectives.PrepareContext(
         cfg=cfg, model=model, mesh=mesh, tokenizer=tokenizer, pipelines={"train": pipeline, "eval": eval_pipeline}))
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     graphdef, state = init_state(model, tx)
