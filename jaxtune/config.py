@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import ml_collections
 
 MASK_MODES = ("assistant", "last_assistant", "none")
+REASONING_MODES = ("train", "drop")  # jaxtune.data.messages
+SYSTEM_MODES = ("keep", "merge_into_first_user")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
@@ -52,6 +54,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.strict = False
   c.data.overlong = "drop"  # or "truncate"
   c.data.chat_template = ""  # named built-in or .jinja path, for models without one
+  # reasoning in assistant replies (inline <think>...</think> or reasoning_content): "train" it with the
+  # answer as the template renders it, or "drop" it (render and train the answers only)
+  c.data.reasoning = "train"
+  # system messages: "keep", or "merge_into_first_user" for templates that refuse a system role (Gemma 2) or
+  # drop it (Mistral v0.3 when the conversation ends with a reply)
+  c.data.system = "keep"
   c.data.workers = 0
   c.data.cache_dir = ""  # "": off; else tokenized examples are cached there across runs
 
@@ -170,6 +178,8 @@ class DataCfg:
   cache_dir: str = ""
   eval_fraction: float = 0.0
   eval_seed: int = 0
+  reasoning: str = "train"
+  system: str = "keep"
 
   def __post_init__(self):
     _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
@@ -178,6 +188,8 @@ class DataCfg:
            "is set and data.eval has sources too; use one or the other")
     _check(self.mask in MASK_MODES, "data.mask", f"{self.mask!r} not in {MASK_MODES}")
     _check(self.overlong in ("drop", "truncate"), "data.overlong", f"{self.overlong!r} not in ('drop', 'truncate')")
+    _check(self.reasoning in REASONING_MODES, "data.reasoning", f"{self.reasoning!r} not in {REASONING_MODES}")
+    _check(self.system in SYSTEM_MODES, "data.system", f"{self.system!r} not in {SYSTEM_MODES}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 from jaxtune.data import hf_datasets, records
 from jaxtune.data.examples import DataStats, ExampleStore
 
-VERSION = 1  # bump when the store's contents change meaning
+VERSION = 2  # bump when the store's contents change meaning
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -13,25 +13,42 @@ For those the mask is derived from the rendering itself:
 4. tokenize the text once with offsets and mark exactly the tokens of those
    character spans.
 
+Assistant turns with tool calls or reasoning (`messages.is_special`) hold more
+than their content: the template writes the tool calls in its own syntax and
+the reasoning inside think tags. Each such turn is located by rendering the
+conversation again with only that turn replaced by a placeholder reply: what
+differs between the two renderings is what the template writes for the turn
+(from the opening think tag when its reasoning is rendered), and it is trained
+through the end-of-turn marker that follows. Templates that drop the reasoning
+of the final reply too (DeepSeek-R1's) get it as the model meets it at
+inference: the generation prompt, then the whole reply, reasoning included.
+
 Anything that does not line up raises `MaskMismatch`: a wrong mask is never
 returned silently. Templates with `{% generation %}` go through transformers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from jaxtune.data import messages as msgs_lib
 from jaxtune.data import templates
+from jaxtune.data.messages import THINK_OPEN, Conversation
 
 MASK_MODES = ("assistant", "last_assistant", "none")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PLACEHOLDER = "\u27e6JXT:{}\u27e7"
 _PLACEHOLDER_RE = re.compile("\u27e6JXT:(\\d+)\u27e7")
-_SPECIAL_RE = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>")
+_TURN_PLACEHOLDER = "\u27e6JXT:turn\u27e7"
+_OPENER_BEFORE_RE = re.compile(re.escape(THINK_OPEN) + r"\s*$")
+_PROBE = "\u27e6JXT:probe\u27e7"
+_TOOL_NAMES_RE = re.compile(r"\btool_calls\b|\btools\b")
+_JINJA_COMMENT_RE = re.compile(r"\{#.*?#\}", re.S)
 
 
 class DropExample(Exception):
@@ -83,23 +100,24 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
 
 
 def template_special_tokens(template: str) -> list[str]:
-  """Special-token literals a template writes: `<|...|>` tags and the known turn markers, in order."""
-  found = {m.group(0): m.start() for m in reversed(list(_SPECIAL_RE.finditer(template)))}
-  for t in templates.TURN_TAGS:
-    if t in template:
-      found.setdefault(t, template.index(t))
-  return sorted(found, key=found.get)
+  """Special-token literals a template writes (`templates.special_literals`), in order."""
+  return templates.special_literals(template)
 
 
 def add_template_tokens(tok, template: str) -> dict[str, int]:
-  """Adds the special tokens `template` needs and `tok` lacks; returns {token: new id}.
+  """Adds the special tokens `template` writes and `tok` lacks; returns {token: new id}.
 
+  Every `<...>` / `[...]` literal of a special-token shape or a known family's
+  marker (`templates.special_literals`) that does not encode to one token is
+  added: control tokens as special tokens, the text markers the model writes
+  (`<think>`, `<tool_call>`, ...) as ordinary added tokens, as Qwen's are.
   When tokens are added: a template that renders `bos_token` while the tokenizer
   has none gets the built-in Llama 3 `<|begin_of_text|>` as bos (built-in llama3
   only); eos becomes the template's end-of-turn marker if that marker was added
   (or eos was unset) and the template does not itself render `eos_token`; an
   unset pad becomes eos. `tok.jaxtune_added_tokens` records what was added.
   """
+  from tokenizers import AddedToken
   needed = template_special_tokens(template)
   wants_bos = "bos_token" in template and getattr(tok, "bos_token", None) is None
   if wants_bos and template == templates.LLAMA3:
@@ -107,10 +125,14 @@ def add_template_tokens(tok, template: str) -> dict[str, int]:
   missing = [t for t in needed if not _is_single_token(tok, t)]
   if not missing:
     return {}
-  try:
-    tok.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-  except TypeError:  # transformers 4.x
-    tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+  for t in missing:  # one at a time: ids follow the template's order
+    if t in templates.CONTENT_MARKERS:
+      tok.add_tokens([AddedToken(t, special=False, normalized=False)])
+      continue
+    try:
+      tok.add_special_tokens({"extra_special_tokens": [t]}, replace_extra_special_tokens=False)
+    except TypeError:  # transformers 4.x
+      tok.add_special_tokens({"additional_special_tokens": [t]}, replace_additional_special_tokens=False)
   still = [t for t in missing if not _is_single_token(tok, t)]
   if still:
     raise ValueError(f"could not add the special tokens {still} the chat template needs to the tokenizer")
@@ -148,30 +170,41 @@ def end_of_turn_markers(tokenizer) -> tuple[str, ...]:
   return tuple(sorted(marks, key=len, reverse=True))
 
 
-def render(messages: Sequence[dict], tokenizer) -> str:
+def render(messages: Sequence[dict], tokenizer, tools: list | None = None,
+           add_generation_prompt: bool = False) -> str:
   try:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False)
+    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
   except Exception as e:  # jinja raise_exception(), missing keys, ...
     raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
 
 
-def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "assistant") -> list[tuple[int, int]]:
-  """Character spans [start, end) in `text` of the trained replies plus end-of-turn."""
+def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "assistant",
+                tools: list | None = None) -> list[tuple[int, int]]:
+  """Character spans [start, end) in `text` of the trained replies plus end-of-turn
+  (replies with content only: turns with tool calls or reasoning go through `layout`)."""
   turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
-  keep = set(turns[-1:] if mask == "last_assistant" else turns)
+  spans = _plain_spans(messages, text, tokenizer, turns, tools)
+  keep = turns[-1:] if mask == "last_assistant" else turns
+  return [spans[i] for i in keep]
+
+
+def _plain_spans(messages: Sequence[dict], text: str, tokenizer, turns: Sequence[int],
+                 tools: list | None) -> dict[int, tuple[int, int]]:
+  """{message index: span} of the replies `turns`, each located by a placeholder content."""
   marked = [dict(m) for m in messages]
   for k, i in enumerate(turns):
     if _PLACEHOLDER_RE.search(marked[i]["content"]):
       raise MaskMismatch("a reply contains the internal placeholder text")
     marked[i]["content"] = _PLACEHOLDER.format(k)
-  parts = _PLACEHOLDER_RE.split(render(marked, tokenizer))
+  parts = _PLACEHOLDER_RE.split(render(marked, tokenizer, tools))
   pieces, order = parts[0::2], [int(k) for k in parts[1::2]]
   if order != list(range(len(turns))):
     raise MaskMismatch(f"the template renders assistant replies {order}, expected {list(range(len(turns)))} once each")
   if not text.startswith(pieces[0]):
     raise MaskMismatch("the rendering before the first reply depends on the replies")
   marks = end_of_turn_markers(tokenizer)
-  spans, pos = [], len(pieces[0])
+  spans, pos = {}, len(pieces[0])
   for k, i in enumerate(turns):
     content, after = messages[i]["content"], pieces[k + 1]
     n = _rendered_reply_length(text, pos, content, after, last=k == len(turns) - 1)
@@ -182,12 +215,158 @@ def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "ass
     mark = next((m for m in marks if after.startswith(m, ws)), None)
     if mark is None:
       raise MaskMismatch(f"no end-of-turn marker ({', '.join(marks)}) follows assistant reply {k}: {after[:40]!r}")
-    if i in keep:
-      spans.append((start, pos + ws + len(mark)))
+    spans[i] = (start, pos + ws + len(mark))
     pos += len(after)
   if pos != len(text):
     raise MaskMismatch("the rendered chat has text after the last template piece")
   return spans
+
+
+@dataclasses.dataclass
+class _Turn:
+  """Where a turn with tool calls or reasoning lies in the rendered chat: its trained span, the
+  region its payload occupies, and the end-of-turn text that follows it."""
+  span: tuple[int, int]
+  region: tuple[int, int]
+  reasoning_rendered: bool
+
+
+def _special_turn(messages: Sequence[dict], i: int, text: str, tokenizer, tools: list | None) -> _Turn:
+  """Locates assistant message i by rendering the chat with only it replaced by a placeholder reply."""
+  alt_msgs = list(messages)
+  alt_msgs[i] = {"role": "assistant", "content": _TURN_PLACEHOLDER}
+  try:
+    alt = render(alt_msgs, tokenizer, tools)
+  except DropExample as e:
+    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located: the template refuses "
+                       f"the chat with it replaced by a plain reply ({e.detail})") from e
+  a = _common_prefix(text, alt)
+  b = len(text) - _common_prefix(text[::-1], alt[::-1], limit=min(len(text), len(alt)) - a)
+  if _TURN_PLACEHOLDER not in alt[a:len(alt) - (len(text) - b)]:
+    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
+  m, region = messages[i], text[a:b]
+  marks = end_of_turn_markers(tokenizer)
+  if any(mk in region for mk in marks):
+    raise MaskMismatch(f"the rendering of assistant message {i} is not local to it (it changes other turns)")
+  ws = len(text) - b - len(text[b:].lstrip())
+  mark = next((mk for mk in marks if text.startswith(mk, b + ws)), None)
+  if mark is None:
+    raise MaskMismatch(f"no end-of-turn marker ({', '.join(marks)}) follows assistant message {i}: {text[b:b + 40]!r}")
+  thought, answer = msgs_lib.split_reasoning(m)
+  start, rendered = a, bool(thought) and thought in region
+  if rendered:
+    opener = _OPENER_BEFORE_RE.search(text, max(0, a - 64), a)
+    start = opener.start() if opener else a
+  calls = m.get("tool_calls") or []
+  missing = [c["function"]["name"] for c in calls if c["function"]["name"] not in region]
+  if missing or (calls and not region.strip()):
+    raise DropExample("tools_unsupported", f"the chat template does not render the tool calls {missing} of message {i}")
+  if not calls and answer and answer not in region:
+    raise MaskMismatch(f"assistant message {i}'s reply is not in the rendered chat as written")
+  return _Turn((start, b + ws + len(mark)), (a, b), rendered)
+
+
+def _common_prefix(x: str, y: str, limit: int | None = None) -> int:
+  """Length of the longest common prefix of x and y (at most `limit`), by bisection on slices."""
+  lo, hi = 0, min(len(x), len(y)) if limit is None else min(len(x), len(y), limit)
+  while lo < hi:
+    mid = (lo + hi + 1) // 2
+    if x[:mid] == y[:mid]:
+      lo = mid
+    else:
+      hi = mid - 1
+  return lo
+
+
+def _inference_form(messages: Sequence[dict], i: int, text: str, turn: _Turn, tokenizer,
+                    tools: list | None) -> tuple[str, tuple[int, int]]:
+  """The chat with final reply i as the model meets it at inference, for templates that strip its
+  reasoning: the generation prompt, then the whole reply (reasoning in think tags, then what the
+  template renders of the answer), its end-of-turn marker, and the rest of the chat. Returns
+  (text, span of the reply)."""
+  prompt = render(messages[:i], tokenizer, tools, add_generation_prompt=True)
+  (a, b), end = turn.region, turn.span[1]
+  if not prompt.startswith(text[:a]):
+    raise DropExample("reasoning_not_rendered",
+                      "the chat template drops the reasoning of the final reply and its generation prompt does not "
+                      "continue the rendered conversation; set data.reasoning=drop to train the answers only")
+  thought, _ = msgs_lib.split_reasoning(messages[i])
+  reply = msgs_lib.inline(thought, "") + text[a:b].lstrip()
+  head = prompt.rstrip()
+  if head.endswith(THINK_OPEN):  # the prompt opens the reasoning itself (DeepSeek-R1): not generated
+    reply = reply[len(THINK_OPEN):]
+    if len(prompt) > len(head):
+      reply = reply.lstrip()
+  completion = reply + text[b:end]
+  return prompt + completion + text[end:], (len(prompt), len(prompt) + len(completion))
+
+
+class _Layout(NamedTuple):
+  text: str
+  spans: list | None  # None: every token is trained (mask "none")
+  not_rendered: list
+  reasoning: bool
+  tool_calls: bool
+
+
+def _uses_tools(tokenizer) -> bool:
+  """Whether the template's code (not its comments) reads `tools` or `tool_calls`."""
+  return bool(_TOOL_NAMES_RE.search(_JINJA_COMMENT_RE.sub("", _template(tokenizer) or "")))
+
+
+_FIELD_SUPPORT: dict[str, bool] = {}
+
+
+def renders_reasoning_field(tokenizer) -> bool:
+  """Whether the chat template renders an assistant message's `reasoning_content` (cached per template)."""
+  t = _template(tokenizer) or ""
+  if t not in _FIELD_SUPPORT:
+    probe = [{"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a", msgs_lib.REASONING_FIELD: _PROBE}]
+    try:
+      _FIELD_SUPPORT[t] = _PROBE in render(probe, tokenizer)
+    except DropExample:
+      _FIELD_SUPPORT[t] = False
+  return _FIELD_SUPPORT[t]
+
+
+def layout(conv: Conversation | Sequence[dict], tokenizer, mask: str = "assistant", *,
+           reasoning: str = "train", system: str = "keep") -> _Layout:
+  """The rendered text of a conversation and the character spans to train (see the module doc)."""
+  conv = msgs_lib.as_conversation(conv)
+  with_reasoning, with_calls = _flags(conv)
+  if (with_calls or conv.tools) and not _uses_tools(tokenizer):
+    raise DropExample("tools_unsupported", "the chat template has no tool support (it never reads tools / tool_calls)")
+  msgs = _prepared(conv, tokenizer, reasoning, system)
+  text = render(msgs, tokenizer, conv.tools)
+  if conv.tools and render(msgs, tokenizer) == text:
+    raise DropExample("tools_unsupported", "the chat template does not render the record's tools list")
+  special = [i for i, m in enumerate(msgs) if msgs_lib.is_special(m)]
+  spans = None
+  if mask != "none" or any(msgs_lib.has_reasoning(msgs[i]) for i in special):  # the text may change
+    text, spans = _spans(msgs, text, tokenizer, conv.tools, special, mask)
+  return _Layout(text, None if mask == "none" else spans, msgs_lib.not_rendered(msgs, text), with_reasoning,
+                 with_calls)
+
+
+def _spans(msgs: list[dict], text: str, tokenizer, tools: list | None, special: list[int],
+           mask: str) -> tuple[str, list[tuple[int, int]]]:
+  plain = [i for i, m in enumerate(msgs) if m.get("role") == "assistant" and m.get("content") and i not in special]
+  replies = sorted(plain + special)
+  spans = _plain_spans(msgs, text, tokenizer, plain, tools) if plain else {}
+  for i in special:
+    turn = _special_turn(msgs, i, text, tokenizer, tools)
+    if msgs_lib.has_reasoning(msgs[i]) and not turn.reasoning_rendered and i == replies[-1]:
+      if any(e > turn.region[0] for e in (s[1] for s in spans.values())):
+        raise MaskMismatch("a trained span follows the final reply")
+      text, spans[i] = _inference_form(msgs, i, text, turn, tokenizer, tools)
+    else:
+      spans[i] = turn.span
+  ordered = [spans[i] for i in sorted(spans)]
+  if any(b0 > a1 for (_, b0), (a1, _) in zip(ordered, ordered[1:])):
+    raise MaskMismatch("the trained spans of two assistant turns overlap")
+  keep = replies[-1:] if mask == "last_assistant" else replies
+  return text, [spans[i] for i in keep]
 
 
 def _rendered_reply_length(text: str, pos: int, content: str, after: str, last: bool) -> int | None:
@@ -233,10 +412,19 @@ def spans_to_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]], text: s
   return mask
 
 
-def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np.ndarray, np.ndarray]:
-  """transformers' {% generation %} mask, checked against the replies."""
+def _prepared(conv: Conversation, tokenizer, reasoning: str, system: str) -> list[dict]:
+  field = any(m.get(msgs_lib.REASONING_FIELD) for m in conv.messages) and renders_reasoning_field(tokenizer)
   try:
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+    return msgs_lib.for_template(conv, reasoning=reasoning, system=system, renders_reasoning_field=field)
+  except ValueError as e:
+    raise DropExample("bad_tool_call", str(e)) from e
+
+
+def _generation_mask(conv: Conversation, tokenizer, mask: str, reasoning: str, system: str) -> "Encoded":
+  """transformers' {% generation %} mask, checked against the replies."""
+  messages = _prepared(conv, tokenizer, reasoning, system)
+  try:
+    out = tokenizer.apply_chat_template(messages, tools=conv.tools, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
   except Exception as e:
     raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
@@ -244,7 +432,8 @@ def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np
   gen = np.asarray(out["assistant_masks"], np.int32)
   edges = np.flatnonzero(np.diff(np.concatenate([[0], gen, [0]])))
   runs = list(zip(edges[0::2], edges[1::2]))
-  replies = [m["content"] for m in messages if m.get("role") == "assistant" and m.get("content")]
+  replies = [msgs_lib.split_reasoning(m)[1] for m in messages
+             if m.get("role") == "assistant" and (m.get("content") or m.get("tool_calls"))]
   if len(runs) != len(replies):
     raise MaskMismatch(f"{len(runs)} generation blocks for {len(replies)} assistant replies")
   for (a, b), reply in zip(runs, replies):
@@ -252,42 +441,49 @@ def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np
       raise MaskMismatch("a generation block does not contain its assistant reply")
   if mask == "last_assistant" and runs:
     gen[:runs[-1][0]] = 0
-  return ids, gen
+  lost = msgs_lib.not_rendered(messages, render(messages, tokenizer, conv.tools))
+  return _checked(ids, gen, _Layout("", None, lost, *_flags(conv)))
 
 
-def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
-                 mask: str = "assistant") -> list[tuple[np.ndarray, np.ndarray] | DropExample]:
-  """`tokenize_messages` over many conversations, one tokenizer call for all.
+class Encoded(NamedTuple):
+  """A tokenized example: int32 ids and loss mask, and what the rendering did with its messages."""
+  ids: np.ndarray
+  loss_mask: np.ndarray
+  not_rendered: tuple = ()  # roles of the system/user/tool messages the template did not render
+  reasoning: bool = False  # an assistant message carries reasoning
+  tool_calls: bool = False  # an assistant message calls tools
 
-  Returns per conversation either (ids, loss_mask) or the DropExample it raised.
+
+def encode_batch(conversations: Sequence[Conversation | Sequence[dict]], tokenizer, mask: str = "assistant", *,
+                 reasoning: str = "train", system: str = "keep") -> list[Encoded | DropExample]:
+  """`tokenize_messages` over many conversations (message lists or `Conversation`s with tools),
+  one tokenizer call for all. Returns per conversation an `Encoded` or the DropExample it raised.
+  `reasoning` / `system`: `data.reasoning` and `data.system` (`messages.for_template`).
   """
   if mask not in MASK_MODES:
     raise ValueError(f"mask={mask!r} not in {MASK_MODES}")
+  convs = [msgs_lib.as_conversation(c) for c in conversations]
   if has_generation_tags(_template(tokenizer)) and mask != "none":
-    return [_guard(lambda c=c: _checked(*_generation_mask(c, tokenizer, mask))) for c in conversations]
-  prepared: list[Any] = []
-  for conv in conversations:
-    try:
-      text = render(conv, tokenizer)
-      spans = None if mask == "none" else reply_spans(conv, text, tokenizer, mask)
-      prepared.append((text, spans))
-    except DropExample as e:
-      prepared.append(e)
-  texts = [p[0] for p in prepared if not isinstance(p, DropExample)]
-  enc = _encode_with_offsets(tokenizer, texts)
-  results, j = [], 0
+    return [_guard(lambda c=c: _generation_mask(c, tokenizer, mask, reasoning, system)) for c in convs]
+  prepared: list[Any] = [_guard(lambda c=c: layout(c, tokenizer, mask, reasoning=reasoning, system=system))
+                         for c in convs]
+  enc = iter(_encode_with_offsets(tokenizer, [p.text for p in prepared if not isinstance(p, DropExample)]))
+  results = []
   for p in prepared:
     if isinstance(p, DropExample):
       results.append(p)
       continue
-    text, spans = p
-    ids, offsets = enc[j]
-    j += 1
-    if spans is None:
-      results.append(_guard(lambda ids=ids: _checked(ids, np.ones_like(ids))))
+    ids, offsets = next(enc)
+    if p.spans is None:
+      results.append(_guard(lambda ids=ids, p=p: _checked(ids, np.ones_like(ids), p)))
     else:
-      results.append(_guard(lambda ids=ids, o=offsets, s=spans, t=text: _checked(ids, spans_to_mask(o, s, t))))
+      results.append(_guard(lambda ids=ids, o=offsets, p=p: _checked(ids, spans_to_mask(o, p.spans, p.text), p)))
   return results
+
+
+def _flags(conv: Conversation) -> tuple[bool, bool]:
+  return (any(msgs_lib.has_reasoning(m) for m in conv.messages),
+          any(m.get("role") == "assistant" and bool(m.get("tool_calls")) for m in conv.messages))
 
 
 def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -314,21 +510,23 @@ def _guard(fn):
     return e
 
 
-def _checked(ids: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _checked(ids: np.ndarray, loss_mask: np.ndarray, lay: _Layout) -> Encoded:
   if ids.size == 0:
     raise DropExample("empty", "the template rendered no tokens")
   if not loss_mask.any():
     raise DropExample("no_loss_tokens", "no token is trained")
-  return ids.astype(np.int32), loss_mask.astype(np.int32)
+  return Encoded(ids.astype(np.int32), loss_mask.astype(np.int32), tuple(lay.not_rendered), lay.reasoning,
+                 lay.tool_calls)
 
 
-def tokenize_messages(messages: list[dict], tokenizer, mask: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_messages(messages: Conversation | list[dict], tokenizer, mask: str = "assistant", *,
+                      reasoning: str = "train", system: str = "keep") -> tuple[np.ndarray, np.ndarray]:
   """(ids, loss_mask) int32 arrays; loss_mask[t] == 1 iff ids[t] is trained.
 
   `mask`: "assistant" trains every assistant reply and its end-of-turn token,
   "last_assistant" only the last one, "none" every token. Raises DropExample.
   """
-  out = encode_batch([messages], tokenizer, mask)[0]
+  out = encode_batch([messages], tokenizer, mask, reasoning=reasoning, system=system)[0]
   if isinstance(out, DropExample):
     raise out
-  return out
+  return out.ids, out.loss_mask

@@ -39,6 +39,12 @@ class DataStats:
   dropped records that failed schema/JSON checks (the rest were valid
   conversations dropped later: overlong, template errors, no trained token).
   `tokens`/`loss_tokens` (and per source `examples`/`tokens`) are this split's.
+  `examples_with_reasoning` / `examples_with_tool_calls` count the examples kept
+  whose assistant turns carry reasoning / tool calls; `messages_not_rendered`
+  counts, by role, the system/user/tool messages of kept examples whose content
+  the chat template did not render (Mistral v0.3 drops the system message of a
+  conversation that ends with a reply; `data.system=merge_into_first_user`).
+  Those three describe everything loaded, before a held-out split.
   """
   records: int = 0
   malformed: int = 0
@@ -52,6 +58,9 @@ class DataStats:
   packing_efficiency: float = 0.0
   sources: list = dataclasses.field(default_factory=list)
   held_out: int = 0
+  examples_with_reasoning: int = 0
+  examples_with_tool_calls: int = 0
+  messages_not_rendered: dict = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -206,8 +215,12 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
 
 def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assistant",
                   overlong: str = "drop", strict: bool = False, shard_index: int = 0,
-                  shard_count: int = 1, max_examples: int | None = None) -> tuple[ExampleStore, DataStats]:
+                  shard_count: int = 1, max_examples: int | None = None, reasoning: str = "train",
+                  system: str = "keep") -> tuple[ExampleStore, DataStats]:
   """Reads, validates and tokenizes `sources` (SourceCfg-like) into a store.
+
+  `reasoning` / `system`: `data.reasoning` (train | drop) and `data.system`
+  (keep | merge_into_first_user), see `messages.for_template`.
 
   Raises DataError on the first bad record when `strict`; when a file (with
   one shard) or the whole split has no valid example, with the drop reasons.
@@ -217,18 +230,19 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
   stats, builder, file_counts = DataStats(), _Builder(), {}
-  vocab = len(tokenizer)
+  tk = _Tokenize(tokenizer, builder, stats, file_counts, seq_len=seq_len, mask=mask, overlong=overlong,
+                 strict=strict, reasoning=reasoning, system=system)
   for src in sources:
     before = (stats.records, builder.n, stats.tokens)
     pending: list = []
     for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts):
       pending.append(item)
       if len(pending) == _BATCH:
-        _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict, vocab)
+        tk(pending)
         pending = []
       if max_examples is not None and builder.n + len(pending) >= max_examples:
         break
-    _tokenize(pending, tokenizer, builder, stats, file_counts, seq_len, mask, overlong, strict, vocab)
+    tk(pending)
     builder.end_source()
     stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
                           "records": stats.records - before[0], "examples": builder.n - before[1],
@@ -259,33 +273,58 @@ def _pretokenized(ids: np.ndarray, loss_mask: np.ndarray, vocab: int, mask: str)
   return ids, (np.ones_like(loss_mask) if mask == "none" else loss_mask)
 
 
-def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict,
-              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int) -> None:
-  if not items:
-    return
-  chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
-  results: list = [None] * len(items)
-  for i, res in zip(chats, chat.encode_batch([items[i][2] for i in chats], tokenizer, mask) if chats else []):
-    results[i] = res
-  for (where, file, payload), res in zip(items, results):
-    try:
-      if isinstance(payload, tuple):
-        res = _pretokenized(*payload, vocab=vocab, mask=mask)
-      if isinstance(res, chat.DropExample):
-        raise res
-      ids, loss_mask, truncated = packing.prepare_example(*res, seq_len=seq_len, overlong=overlong)
-    except records.MalformedRecord as e:
-      if strict:
-        raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
-      stats.note(where, e.reason, e.detail, malformed=True)
-      continue
-    except chat.DropExample as e:
-      if strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
-        raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e
-      stats.note(where, e.reason, e.detail)
-      continue
-    builder.add(ids, loss_mask)
-    file_counts[file][1] += 1
-    stats.truncated += truncated
-    stats.tokens += len(ids)
-    stats.loss_tokens += int(loss_mask.sum())
+class _Tokenize:
+  """Tokenizes batches of (where, file, conversation or pre-tokenized arrays) into the builder,
+  counting drops and what the template did with the messages in the stats."""
+
+  def __init__(self, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict, *, seq_len: int,
+               mask: str, overlong: str, strict: bool, reasoning: str, system: str):
+    self.tokenizer, self.builder, self.stats, self.file_counts = tokenizer, builder, stats, file_counts
+    self.seq_len, self.mask, self.overlong, self.strict = seq_len, mask, overlong, strict
+    self.options = {"reasoning": reasoning, "system": system}
+    self.vocab = len(tokenizer)
+    self.warned = False
+
+  def __call__(self, items) -> None:
+    if not items:
+      return
+    stats = self.stats
+    chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
+    results: list = [None] * len(items)
+    encoded = chat.encode_batch([items[i][2] for i in chats], self.tokenizer, self.mask, **self.options) if chats else []
+    for i, res in zip(chats, encoded):
+      results[i] = res
+    for (where, file, payload), res in zip(items, results):
+      try:
+        if isinstance(payload, tuple):
+          res = chat.Encoded(*_pretokenized(*payload, vocab=self.vocab, mask=self.mask))
+        if isinstance(res, chat.DropExample):
+          raise res
+        ids, loss_mask, truncated = packing.prepare_example(res.ids, res.loss_mask, seq_len=self.seq_len,
+                                                            overlong=self.overlong)
+      except records.MalformedRecord as e:
+        if self.strict:
+          raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
+        stats.note(where, e.reason, e.detail, malformed=True)
+        continue
+      except chat.DropExample as e:
+        if self.strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
+          raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e
+        stats.note(where, e.reason, e.detail)
+        continue
+      self.builder.add(ids, loss_mask)
+      self.file_counts[file][1] += 1
+      stats.truncated += truncated
+      stats.tokens += len(ids)
+      stats.loss_tokens += int(loss_mask.sum())
+      stats.examples_with_reasoning += res.reasoning
+      stats.examples_with_tool_calls += res.tool_calls
+      for role in res.not_rendered:
+        stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
+      if res.not_rendered and not self.warned:
+        self.warned = True
+        logging.warning(
+            "data: the chat template does not render the content of some messages (roles %s at %s, for one); "
+            "they are counted in data stats (messages_not_rendered)%s", sorted(set(res.not_rendered)), where,
+            "; data.system=merge_into_first_user puts system messages into the first user turn"
+            if "system" in res.not_rendered else "")

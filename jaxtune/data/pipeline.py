@@ -149,7 +149,8 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
   the last result for the same key is returned again (in this process) instead of
   tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
-                  strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count)
+                  strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count,
+                  reasoning=getattr(data_cfg, "reasoning", "train"), system=getattr(data_cfg, "system", "keep"))
   cache_dir = getattr(data_cfg, "cache_dir", "")
   if not cache_dir and not reuse:
     return load_examples(sources, tokenizer, **settings)

@@ -26,7 +26,7 @@ def inspect(cfg, n: int = 3, *, color: bool = False) -> list[dict]:
   tok = _tokenizer(cfg)
   d = cfg.data
   store, _ = load_examples(d.train, tok, seq_len=d.seq_len, mask=d.mask, overlong=d.overlong,
-                           strict=d.strict, max_examples=n)
+                           strict=d.strict, max_examples=n, reasoning=d.reasoning, system=d.system)
   out = []
   for i in range(min(n, len(store))):
     ids, mask = store.get(i)
