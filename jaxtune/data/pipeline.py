@@ -4,7 +4,8 @@ The stream, all of it a pure function of (data, seed, shard):
 
   per source:  example ids in a new seeded permutation each epoch (infinite)
   mixed:       MapDataset.mix(sources, weights)                  (exact interleaving)
-  windows:     batch(K example ids) -> map(pack window)          (first-fit rows)
+  windows:     batch(K example ids) -> map(pack window)          (best fit decreasing, rows
+                                                                  in a seeded order)
   rows:        FlatMapIterDataset(split rows) -> batch(batch_size)
 
 The iterator state is two small integers (window, row in window), so
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import sys
+import zlib
 
 import grain
 import numpy as np
@@ -34,14 +37,22 @@ MAX_EFFICIENCY_EXAMPLES = 1 << 17  # packing_efficiency is measured on at most t
 
 
 class _PackWindow:
-  """Example ids -> packed rows {field: [rows, seq_len]} (picklable for workers)."""
+  """Example ids -> packed rows {field: [rows, seq_len]} (picklable for workers).
 
-  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool):
-    self.store, self.seq_len, self.pad_id, self.pack = store, seq_len, pad_id, pack
+  Rows are best fit decreasing within the window; their order is a permutation
+  seeded by (seed, the window's ids), so longest-first packing does not put the
+  long examples of a window into its first batches.
+  """
+
+  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool, seed: int):
+    self.store, self.seq_len, self.pad_id, self.pack, self.seed = store, seq_len, pad_id, pack, seed
 
   def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    examples = [self.store.get(int(i)) for i in np.atleast_1d(ids)]
-    return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack)
+    ids = np.atleast_1d(np.asarray(ids, np.int64))
+    examples = [self.store.get(int(i)) for i in ids]
+    order_seed = _seed(self.seed, zlib.crc32(ids.tobytes()))
+    fit = functools.partial(packing.best_fit_decreasing, seed=order_seed)
+    return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack, fit=fit)
 
 
 class _SplitRows(grain.experimental.FlatMapTransform):
@@ -194,8 +205,9 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   seq_len, pack, pad_id = data_cfg.seq_len, data_cfg.packing, _pad_id(tokenizer)
   window = window_size(store, seq_len, batch_size, pack)
   order = np.random.default_rng(_seed(seed, 1 << 20)).permutation(len(store))[:MAX_EFFICIENCY_EXAMPLES]
-  stats.packing_efficiency = packing.windows_efficiency(store.lengths[order], seq_len, window, pack)
-  packer = _PackWindow(store, seq_len, pad_id, pack)
+  stats.packing_efficiency = packing.windows_efficiency(store.lengths[order], seq_len, window, pack,
+                                                       fit=packing.best_fit_decreasing)
+  packer = _PackWindow(store, seq_len, pad_id, pack, _seed(seed, 1 << 21))
   read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
   train = _stream(store, [s.weight for s in sources], seed).batch(window).map(packer)

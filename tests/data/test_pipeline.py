@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxtune.config import DataCfg, SourceCfg
+from jaxtune.data import packing
 from jaxtune.data.examples import DataError, load_examples
 from jaxtune.data.pipeline import build_pipeline
 from tests.data.conftest import conv, write_jsonl
@@ -262,3 +263,22 @@ def test_eval_fraction_config_checks():
     Config.from_dict(c)
   with pytest.raises(ConfigError, match="eval_fraction"):
     DataCfg(train=(SourceCfg(path="t.jsonl"),), eval_fraction=1.0)
+
+
+def test_short_examples_pack_best_fit_decreasing(tmp_path, chatml_tok):
+  # A few hundred short examples at seq 256: first fit in arrival order leaves rows a seventh empty.
+  rng = np.random.default_rng(0)
+  words = "the answer is forty two because six times seven".split()
+  rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                        {"role": "assistant", "content": " ".join(rng.choice(words, int(rng.integers(3, 60))))}]}
+          for i in range(300)]
+  p = build_pipeline(cfg(write_jsonl(tmp_path / "d.jsonl", rows)), chatml_tok, batch_size=8, seed=0)
+  order = np.random.default_rng(0).permutation(len(p.store))
+  first_fit = packing.windows_efficiency(p.store.lengths[order], 256, p.window)
+  assert first_fit < 0.9 <= p.stats.packing_efficiency
+  # The batches of one pass hold every example once, in as many rows as the stats promise (+ padding rows).
+  batches = list(p.one_pass())
+  assert sorted(e for b in batches for e in examples_of(b)) == sorted(store_examples(p.store))
+  real = sum(int((b["segment_ids"] > 0).sum()) for b in batches)
+  used_rows = sum(int((b["segment_ids"] > 0).any(axis=1).sum()) for b in batches)
+  assert real == int(p.store.lengths.sum()) and real / (used_rows * 256) >= 0.9
