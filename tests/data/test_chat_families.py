@@ -245,3 +245,18 @@ def test_special_literals_of_a_template():
           "{{ '[INST] ' + m['content'] + '[/INST]' if m['role'] == 'user' else m['content'] + '<|eot|>' }}"
           "{% endfor %}<tools>[{'a': 1}] <function-name> <start_of_turn><\uff5cUser\uff5c>")
   assert templates.special_literals(tmpl) == ["[INST]", "[/INST]", "<|eot|>", "<start_of_turn>", "<\uff5cUser\uff5c>"]
+
+
+def test_readme_example_records(family_tok):
+  import os
+  import re
+  readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
+  section = readme[readme.index("## Reasoning and tool-calling data"):]
+  blocks = re.findall(r"```json\n(.*?)```", section, re.S)[:2]
+  tok = family_tok("qwen3")
+  got = []
+  for block in blocks:
+    ids, mask = chat.tokenize_messages(records.to_conversation(json.loads(block), "auto"), tok)
+    got.append(trained_texts(tok, ids, mask))
+  assert got == [["<think>\n17 * 3 = 51.\n</think>\n\n51<|im_end|>"],
+                 [QWEN_CALL.format("Paris") + "<|im_end|>", "It is 21 degrees in Paris.<|im_end|>"]]
