@@ -352,13 +352,18 @@ def _generation_mask(conv: Conversation, tokenizer, mask: str, reasoning: str, s
   return _checked(ids, gen, _Layout("", None, lost, *_flags(conv)))
 
 
-class Encoded(NamedTuple):
-  """A tokenized example: int32 ids and loss mask, and what the rendering did with its messages."""
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """A tokenized example: int32 ids and loss mask (it unpacks as `ids, loss_mask = encoded`), and what
+  the rendering did with its messages."""
   ids: np.ndarray
   loss_mask: np.ndarray
   not_rendered: tuple = ()  # roles of the system/user/tool messages the template did not render
   reasoning: bool = False  # an assistant message carries reasoning
   tool_calls: bool = False  # an assistant message calls tools
+
+  def __iter__(self):
+    return iter((self.ids, self.loss_mask))
 
 
 def encode_batch(conversations: Sequence[Conversation | Sequence[dict]], tokenizer, mask: str = "assistant", *,

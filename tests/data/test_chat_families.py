@@ -260,3 +260,9 @@ def test_readme_example_records(family_tok):
     got.append(trained_texts(tok, ids, mask))
   assert got == [["<think>\n17 * 3 = 51.\n</think>\n\n51<|im_end|>"],
                  [QWEN_CALL.format("Paris") + "<|im_end|>", "It is 21 degrees in Paris.<|im_end|>"]]
+
+
+def test_encoded_unpacks_as_ids_and_mask(chatml_tok):
+  enc = chat.encode_batch([REASONING[1:3]], chatml_tok)[0]
+  ids, mask = enc
+  assert ids is enc.ids and mask is enc.loss_mask and enc.reasoning and not enc.tool_calls and enc.not_rendered == ()
