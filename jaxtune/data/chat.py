@@ -137,20 +137,10 @@ class _Turn:
 
 
 def _special_turn(messages: Sequence[dict], i: int, text: str, tokenizer, tools: list | None) -> _Turn:
-  """Locates assistant message i by rendering the chat with only it replaced by a placeholder reply."""
+  """Locates assistant message i (tool calls / reasoning) in `text`, checks what the template wrote there."""
   if _TURN_PLACEHOLDER in text:
     raise MaskMismatch("a message contains the internal placeholder text")
-  alt_msgs = list(messages)
-  alt_msgs[i] = {"role": "assistant", "content": _TURN_PLACEHOLDER}
-  try:
-    alt = render(alt_msgs, tokenizer, tools)
-  except DropExample as e:
-    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located: the template refuses "
-                       f"the chat with it replaced by a plain reply ({e.detail})") from e
-  a = _common_prefix(text, alt)
-  b = len(text) - _common_prefix(text[::-1], alt[::-1], limit=min(len(text), len(alt)) - a)
-  if _TURN_PLACEHOLDER not in alt[a:len(alt) - (len(text) - b)]:
-    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
+  a, b = _region(messages, i, text, tokenizer, tools)
   m, region = messages[i], text[a:b]
   marks = end_of_turn_markers(tokenizer)
   if any(mk in region for mk in marks):
@@ -171,6 +161,54 @@ def _special_turn(messages: Sequence[dict], i: int, text: str, tokenizer, tools:
   if not calls and answer and answer not in region:
     raise MaskMismatch(f"assistant message {i}'s reply is not in the rendered chat as written")
   return _Turn((start, b + ws + len(mark)), (a, b), rendered)
+
+
+def _region(messages: Sequence[dict], i: int, text: str, tokenizer, tools: list | None) -> tuple[int, int]:
+  """[a, b): what the template writes for assistant message i after its header, before its end-of-turn
+  marker: where `text` differs from the chat rendered with only message i replaced by a placeholder reply."""
+  alt_msgs = list(messages)
+  alt_msgs[i] = {"role": "assistant", "content": _TURN_PLACEHOLDER}
+  try:
+    alt = render(alt_msgs, tokenizer, tools)
+  except DropExample:
+    return _region_by_deletion(messages, i, text, tokenizer, tools)
+  a = _common_prefix(text, alt)
+  b = len(text) - _common_prefix(text[::-1], alt[::-1], limit=min(len(text), len(alt)) - a)
+  if _TURN_PLACEHOLDER not in alt[a:len(alt) - (len(text) - b)]:
+    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
+  return a, b
+
+
+def _region_by_deletion(messages: Sequence[dict], i: int, text: str, tokenizer,
+                        tools: list | None) -> tuple[int, int]:
+  """`_region` for templates that refuse the placeholder reply (Mistral v0.3 counts it among the turns that
+  must alternate): the chat rendered without message i lacks exactly its rendering, header and end-of-turn
+  included. Where that gap can slide (the text around it repeats), it is the one that ends with an
+  end-of-turn marker; the generation prompt at its start is the header, not trained."""
+  try:
+    short = render(list(messages[:i]) + list(messages[i + 1:]), tokenizer, tools)
+  except DropExample as e:
+    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located: the template refuses "
+                       f"the chat without it or with it replaced by a plain reply ({e.detail})") from e
+  n, marks = len(text) - len(short), end_of_turn_markers(tokenizer)
+  top = _common_prefix(text, short)
+  for c in range(top, max(-1, top - n - 1), -1):
+    gap = text[c:c + n].rstrip()
+    mark = next((mk for mk in marks if gap.endswith(mk)), None)
+    if n > 0 and mark and text[:c] + text[c + n:] == short:
+      return c + len(_generation_prompt(messages[:i], tokenizer, tools, text[c:])), c + len(gap) - len(mark)
+  raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
+
+
+def _generation_prompt(messages: Sequence[dict], tokenizer, tools: list | None, at: str) -> str:
+  """What add_generation_prompt appends to `messages`, if `at` starts with it; else ""."""
+  try:
+    base = render(messages, tokenizer, tools)
+    prompt = render(messages, tokenizer, tools, add_generation_prompt=True)
+  except DropExample:
+    return ""
+  gp = prompt[len(base):] if prompt.startswith(base) else ""
+  return gp if at.startswith(gp) else ""
 
 
 def _common_prefix(x: str, y: str, limit: int | None = None) -> int:

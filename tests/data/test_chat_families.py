@@ -164,11 +164,34 @@ def test_tool_records_on_templates_without_tools_are_dropped_with_a_reason(famil
   assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>", "It is 21 and sunny.<|im_end|>"]
 
 
-def test_tool_call_turns_that_cannot_be_located_are_dropped_not_mistrained(family_tok):
-  # Mistral v0.3 refuses the chat with a tool-call turn replaced by a plain reply (roles must alternate).
-  conv = Conversation([{"role": U, "content": "Weather in Paris?"}, TOOL_CHAT[2], TOOL_CHAT[3], TOOL_CHAT[4]])
+def test_mistral_tool_calls_located_by_deleting_the_turn(family_tok):
+  # Mistral v0.3 refuses the chat with a tool-call turn replaced by a plain reply (roles must alternate): the
+  # turn is found as what the chat without it lacks. Its system message needs merging (see below).
+  tok = family_tok("mistral_v03")
+  call = '[TOOL_CALLS] [{{"name": "get_weather", "arguments": {{"city": "{}"}}, "id": "call0000{}"}}]</s>'
+  ids, mask = chat.tokenize_messages(Conversation(TOOL_CHAT, TOOLS), tok, system="merge_into_first_user")
+  assert trained_texts(tok, ids, mask) == [call.format("Paris", 1), "It is 21 and sunny.</s>", call.format("Rome", 2),
+                                           "<think>\nThe tool says 25.\n</think>\n\nIt is 25 in Rome.</s>"]
+  trained = "".join(trained_texts(tok, ids, mask))
+  assert "TOOL_RESULTS" in tok.decode(ids.tolist()) and "TOOL_RESULTS" not in trained and "AVAILABLE" not in trained
+
+
+def test_turns_that_cannot_be_located_are_dropped_not_mistrained(tok_dirs):
+  # A template that refuses both the placeholder reply in place of the call and the chat without it.
+  picky = ("{%- if messages | length != 4 %}{{- raise_exception('four messages') }}{%- endif %}"
+           "{%- for m in messages %}{%- if m.role == 'assistant' and loop.index0 == 1 and not m.tool_calls %}"
+           "{{- raise_exception('a call first') }}{%- endif %}"
+           "{{- '<|im_start|>' + m.role + '\\n' + (m.content or '') }}"
+           "{%- for c in m.tool_calls or [] %}{{- '<tool_call>' + c.function.name + '</tool_call>' }}{%- endfor %}"
+           "{{- '<|im_end|>\\n' }}{%- endfor %}")
+  conv = [{"role": U, "content": "Weather in Paris?"}] + TOOL_CHAT[2:5]
   with pytest.raises(chat.MaskMismatch, match="could not be located"):
-    chat.tokenize_messages(conv, family_tok("mistral_v03"))
+    chat.tokenize_messages(conv, _with_template(tok_dirs, "chatml", picky))
+  # Without the length rule the turn is found by deletion; its header (the generation prompt) is not trained.
+  lenient = picky.split("{%- endif %}", 1)[1] + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+  tok = _with_template(tok_dirs, "chatml", lenient)
+  ids, mask = chat.tokenize_messages(conv, tok)
+  assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>", "It is 21 and sunny.<|im_end|>"]
 
 
 SYSTEM_CHATS = [{"messages": [{"role": S, "content": f"Answer in {w} words."},
