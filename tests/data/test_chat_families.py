@@ -289,3 +289,33 @@ def test_encoded_unpacks_as_ids_and_mask(chatml_tok):
   enc = chat.encode_batch([REASONING[1:3]], chatml_tok)[0]
   ids, mask = enc
   assert ids is enc.ids and mask is enc.loss_mask and enc.reasoning and not enc.tool_calls and enc.not_rendered == ()
+
+
+def test_reasoning_and_system_config_keys():
+  from jaxtune.config import Config, ConfigError, default_config
+  c = default_config()
+  c.model.path, c.data.train = "m", ({"path": "t.jsonl"},)
+  d = Config.from_dict(c).data
+  assert (d.reasoning, d.system) == ("train", "keep")
+  c.data.reasoning, c.data.system = "drop", "merge_into_first_user"
+  d = Config.from_dict(c).data
+  assert (d.reasoning, d.system) == ("drop", "merge_into_first_user")
+  for key, bad in (("reasoning", "keep"), ("system", "drop")):
+    c = default_config()
+    c.model.path, c.data.train = "m", ({"path": "t.jsonl"},)
+    c.data[key] = bad
+    with pytest.raises(ConfigError, match=f"data.{key}"):
+      Config.from_dict(c)
+
+
+def test_pipeline_passes_reasoning_and_system_settings(tmp_path, family_tok):
+  from jaxtune.config import DataCfg, SourceCfg
+  from jaxtune.data.pipeline import build_pipeline
+  data = write_jsonl(tmp_path / "d.jsonl", SYSTEM_CHATS + [{"messages": REASONING}])
+  build = lambda name, **kw: build_pipeline(DataCfg(train=(SourceCfg(path=data),), seq_len=256, **kw),
+                                            family_tok(name), batch_size=2, seed=0).stats
+  assert build("mistral_v03").messages_not_rendered == {"system": 4}
+  assert build("mistral_v03", system="merge_into_first_user").messages_not_rendered == {}
+  kept, dropped = build("qwen3"), build("qwen3", reasoning="drop")
+  assert kept.examples_with_reasoning == dropped.examples_with_reasoning == 1
+  assert kept.loss_tokens > dropped.loss_tokens
