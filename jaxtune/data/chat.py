@@ -129,8 +129,9 @@ def _plain_spans(messages: Sequence[dict], text: str, tokenizer, turns: Sequence
 
 @dataclasses.dataclass
 class _Turn:
-  """Where a turn with tool calls or reasoning lies in the rendered chat: its trained span, the
-  region its payload occupies, and the end-of-turn text that follows it."""
+  """Where a turn with tool calls or reasoning lies in the rendered chat: its trained span (through the
+  end-of-turn marker), the region the template wrote for it (header and marker excluded), and whether
+  its reasoning is rendered there."""
   span: tuple[int, int]
   region: tuple[int, int]
   reasoning_rendered: bool
@@ -246,7 +247,8 @@ def _inference_form(messages: Sequence[dict], i: int, text: str, turn: _Turn, to
   return prompt + completion + text[end:], (len(prompt), len(prompt) + len(completion))
 
 
-class _Layout(NamedTuple):
+class Layout(NamedTuple):
+  """A conversation as rendered for training (`layout`)."""
   text: str
   spans: list | None  # None: every token is trained (mask "none")
   not_rendered: list
@@ -276,7 +278,7 @@ def renders_reasoning_field(tokenizer) -> bool:
 
 
 def layout(conv: Conversation | Sequence[dict], tokenizer, mask: str = "assistant", *,
-           reasoning: str = "train", system: str = "keep") -> _Layout:
+           reasoning: str = "train", system: str = "keep") -> Layout:
   """The rendered text of a conversation and the character spans to train (see the module doc)."""
   conv = msgs_lib.as_conversation(conv)
   with_reasoning, with_calls = _flags(conv)
@@ -290,7 +292,7 @@ def layout(conv: Conversation | Sequence[dict], tokenizer, mask: str = "assistan
   spans = None
   if mask != "none" or any(msgs_lib.has_reasoning(msgs[i]) for i in special):  # the text may change
     text, spans = _spans(msgs, text, tokenizer, conv.tools, special, mask)
-  return _Layout(text, None if mask == "none" else spans, msgs_lib.not_rendered(msgs, text), with_reasoning,
+  return Layout(text, None if mask == "none" else spans, msgs_lib.not_rendered(msgs, text), with_reasoning,
                  with_calls)
 
 
@@ -301,7 +303,7 @@ def _spans(msgs: list[dict], text: str, tokenizer, tools: list | None, special: 
   spans = _plain_spans(msgs, text, tokenizer, plain, tools) if plain else {}
   for i in special:
     turn = _special_turn(msgs, i, text, tokenizer, tools)
-    if msgs_lib.has_reasoning(msgs[i]) and not turn.reasoning_rendered and i == replies[-1]:
+    if msgs_lib.has_reasoning(msgs[i]) and not turn.reasoning_rendered and i == len(msgs) - 1:
       if any(e > turn.region[0] for e in (s[1] for s in spans.values())):
         raise MaskMismatch("a trained span follows the final reply")
       text, spans[i] = _inference_form(msgs, i, text, turn, tokenizer, tools)
@@ -387,7 +389,7 @@ def _generation_mask(conv: Conversation, tokenizer, mask: str, reasoning: str, s
   if mask == "last_assistant" and runs:
     gen[:runs[-1][0]] = 0
   lost = msgs_lib.not_rendered(messages, render(messages, tokenizer, conv.tools))
-  return _checked(ids, gen, _Layout("", None, lost, *_flags(conv)))
+  return _checked(ids, gen, Layout("", None, lost, *_flags(conv)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,7 +462,7 @@ def _guard(fn):
     return e
 
 
-def _checked(ids: np.ndarray, loss_mask: np.ndarray, lay: _Layout) -> Encoded:
+def _checked(ids: np.ndarray, loss_mask: np.ndarray, lay: Layout) -> Encoded:
   if ids.size == 0:
     raise DropExample("empty", "the template rendered no tokens")
   if not loss_mask.any():

@@ -118,6 +118,8 @@ def for_template(conv: Conversation, *, reasoning: str = "train", system: str = 
   out = []
   for m in conv.messages:
     m = dict(m)
+    if "tool_calls" in m and not m["tool_calls"]:
+      del m["tool_calls"]  # Llama 3.1's template takes any message with the key for a tool call
     if m.get("role") == "assistant":
       if m.get("tool_calls"):
         m["tool_calls"] = tool_calls(m["tool_calls"])

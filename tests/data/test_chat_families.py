@@ -319,3 +319,19 @@ def test_pipeline_passes_reasoning_and_system_settings(tmp_path, family_tok):
   kept, dropped = build("qwen3"), build("qwen3", reasoning="drop")
   assert kept.examples_with_reasoning == dropped.examples_with_reasoning == 1
   assert kept.loss_tokens > dropped.loss_tokens
+
+
+def test_only_a_reply_that_ends_the_chat_gets_the_inference_form(family_tok):
+  # A chat that ends with a user turn: Qwen3 strips the reasoning of the last reply, as it would at inference.
+  tok = family_tok("qwen3")
+  ids, mask = chat.tokenize_messages(REASONING + [{"role": U, "content": "Thanks!"}], tok)
+  assert trained_texts(tok, ids, mask) == ["It is 4.<|im_end|>", "It is 6.<|im_end|>"]
+
+
+def test_empty_tool_calls_key_is_a_plain_reply(family_tok):
+  tok = family_tok("llama31")
+  conv = [{"role": U, "content": "Hi"}, {"role": A, "content": "Hello.", "tool_calls": None}]
+  ids, mask = chat.tokenize_messages(conv, tok)
+  assert trained_texts(tok, ids, mask) == ["Hello.<|eot_id|>"]
+  conv[1]["tool_calls"] = []
+  assert trained_texts(tok, *chat.tokenize_messages(conv, tok)) == ["Hello.<|eot_id|>"]
