@@ -1,39 +1,133 @@
-"""The `jaxtune` command line: thin; parses, builds, calls."""
+"""The `jaxtune` command line: thin; parses, builds, calls.
+
+Bad input (any `jaxtune.errors.UserError`) ends the command with one `error: ...`
+line and exit status 1; anything else is a bug, printed with its traceback under a
+line that says so. `--help`, usage and config errors are answered before jax loads.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.util
 import json
 import logging
 import os
 import sys
 import time
+import traceback
+
+from jaxtune.errors import ConfigError, UsageError, UserError
+
+log = logging.getLogger("jaxtune.cli")
 
 
-def _load_config(argv: list[str]):
-  """ml-collections config file + `--config.a.b=v` overrides -> validated Config."""
+# -- config files ------------------------------------------------------------------------------------------
+
+
+def _file_line(tb, path: str) -> str:
+  """`path:line` of the innermost frame of a traceback that is in `path`, else `path`."""
+  line = None
+  for frame in traceback.extract_tb(tb):
+    if os.path.abspath(frame.filename) == os.path.abspath(path):
+      line = frame.lineno
+  return f"{path}:{line}" if line else path
+
+
+def load_config_file(spec: str):
+  """The ConfigDict of `PATH[:ARG]` (`get_config()` or `get_config(ARG)` of the file); every failure is a
+  ConfigError naming the file (and line)."""
+  import ml_collections
+  path, sep, arg = spec.partition(":")
+  if not path:
+    raise ConfigError("--config needs a path to a config file (configs/*.py)")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist" + (" (it is a directory)" if os.path.isdir(path) else ""))
+  name = "jaxtune_config_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - the config file's own code failed
+    raise ConfigError(f"{_file_line(e.__traceback__, path)}: loading the config file raised "
+                      f"{type(e).__name__}: {e}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"config file {path} has no get_config() function")
+  call = f"get_config({arg!r})" if sep else "get_config()"
+  try:
+    cd = get_config(arg) if sep else get_config()
+  except Exception as e:  # noqa: BLE001 - the config file's own code failed
+    raise ConfigError(f"{_file_line(e.__traceback__, path)}: {call} raised {type(e).__name__}: {e}") from None
+  if not isinstance(cd, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned a {type(cd).__name__}, not an ml_collections ConfigDict")
+  return cd
+
+
+def _split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+  """(--config PATH, the --config.KEY=VALUE overrides, everything else)."""
+  path, overrides, rest = None, [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a == "--config" and i + 1 < len(argv):
+      path, i = argv[i + 1], i + 2
+      continue
+    if a.startswith("--config="):
+      path = a[len("--config="):]
+    elif a.startswith("--config."):
+      if "=" not in a and i + 1 < len(argv):  # --config.KEY VALUE
+        a, i = f"{a}={argv[i + 1]}", i + 1
+      overrides.append(a)
+    else:
+      rest.append(a)
+    i += 1
+  return path, overrides, rest
+
+
+def load_config(argv: list[str], *, usage: str = "jaxtune train"):
+  """`--config PATH[:ARG] [--config.KEY=VALUE ...]` -> a validated Config. A typo'd key names the nearest
+  declared one; a value of the wrong type names the key and the type."""
   from absl import flags
   from ml_collections import config_flags
 
   from jaxtune.config import Config
 
-  if "-h" in argv or "--help" in argv:
-    print("usage: jaxtune train --config PATH[:ARG] [--config.KEY=VALUE ...]\n"
-          "  PATH: an ml-collections config file (configs/*.py); keys and defaults: jaxtune/config.py")
-    raise SystemExit(0)
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "an ml-collections config file (configs/*.py)",
-                                  flag_values=fv, lock_config=True, sys_argv=["jaxtune"] + argv)
-  try:
-    fv(["jaxtune"] + argv)
-  except AttributeError as e:  # a typo'd key under --config.
-    bad = [a for a in argv if a.startswith("--config.")]
-    raise SystemExit(f"error: unknown config key in {' '.join(bad)}: {str(e).strip(chr(39))}") from None
-  except flags.Error as e:
-    raise SystemExit(f"error: {e}") from None
-  if fv.config is None:
-    raise SystemExit("error: --config PATH is required")
-  return Config.from_dict(fv.config)
+  path, overrides, rest = _split_config_args(argv)
+  if rest:
+    raise UsageError(f"{usage}: unexpected arguments {rest}; settings are --config.KEY=VALUE")
+  if path is None:
+    raise UsageError(f"{usage}: --config PATH is required (a config file, e.g. configs/tiny.py)")
+  cd = load_config_file(path)
+  for o in overrides:  # one at a time, so that an error names its own override
+    fv = flags.FlagValues()
+    try:
+      config_flags.DEFINE_config_dict("config", cd, "the config", flag_values=fv, lock_config=True,
+                                      sys_argv=["jaxtune", o])
+      fv(["jaxtune", o])
+    except (AttributeError, KeyError):
+      bad = o.split("=", 1)[0][len("--config."):]
+      raise ConfigError(f"unknown config key {bad!r} in {o}{_suggest(bad)}") from None
+    except flags.Error as e:
+      raise ConfigError(f"{o}: {_first_line(str(e))}") from None
+    cd = fv.config
+  return Config.from_dict(cd)
+
+
+def _first_line(msg: str) -> str:
+  """The useful line of an absl flag error (its last line when it carries a traceback), without the
+  `flag --config.x=y: ` prefix."""
+  msg = msg.strip()
+  line = msg.splitlines()[-1] if "Traceback" in msg else msg.splitlines()[0]
+  return line.split(": ", 1)[1] if line.startswith("flag --") and ": " in line else line
+
+
+def _suggest(key: str) -> str:
+  from jaxtune.config import declarations
+  close = difflib.get_close_matches(key, [k for k, *_ in declarations()], n=1, cutoff=0.6)
+  return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _maybe_init_distributed() -> None:
@@ -41,17 +135,22 @@ def _maybe_init_distributed() -> None:
   maybe_initialize()
 
 
-def cmd_train(argv: list[str]) -> int:
-  from jaxtune.config import ConfigError
-  try:
-    cfg = _load_config(argv)
-  except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
-  _maybe_init_distributed()
-  from jaxtune.train.loop import train
+# -- commands ----------------------------------------------------------------------------------------------
 
+
+def cmd_train(argv: list[str]) -> int:
+  if "-h" in argv or "--help" in argv:
+    from jaxtune.config import help_text
+    print("usage: jaxtune train --config PATH[:ARG] [--config.KEY=VALUE ...]\n"
+          "  PATH: an ml-collections config file (configs/*.py) whose get_config() starts from\n"
+          "  jaxtune.config.default_config(). Every key, its default and what it does:\n")
+    print(help_text())
+    return 0
+  cfg = load_config(argv)
+  _maybe_init_distributed()
   if cfg.demo.enabled:
     return _train_demo(cfg)
+  from jaxtune.train.loop import train
   train(cfg)
   return 0
 
@@ -63,18 +162,32 @@ def _train_demo(cfg) -> int:
   from jaxtune.train.loop import train
 
   t0 = time.perf_counter()
-  demo.prepare(cfg)
+  demo.prepare(cfg, log=log.info)
   tokenizer = load_tokenizer(cfg.model.path)
   base = jaxtune.load_pretrained(cfg.model.path)
-  before = demo.report_before(cfg, base, tokenizer)
+  before = demo.report_before(cfg, base, tokenizer, log=log.info)
   del base
   result = train(cfg)
   out = os.path.join(cfg.run.dir, "hf")
   model = result.model()
   jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
-  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples)
-  print(f"demo: held-out exact match {before:.1%} before -> {after:.1%} after tuning, "
-        f"in {time.perf_counter() - t0:.0f}s; tuned model exported to {os.path.abspath(out)}", flush=True)
+  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples, log=log.info)
+  log.info("demo: held-out exact match %.1f%% before -> %.1f%% after tuning, in %.0fs; tuned model exported to %s",
+           100 * before, 100 * after, time.perf_counter() - t0, os.path.abspath(out))
+  return 0
+
+
+def cmd_config(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxtune config", description="Print the resolved config of a config file "
+                              "with its overrides (as JSON).")
+  p.add_argument("--keys", action="store_true", help="list every declared key with its default and help instead")
+  a, cfg_argv = p.parse_known_args(argv)
+  from jaxtune.config import help_text
+  if a.keys:
+    print(help_text())
+    return 0
+  cfg = load_config(cfg_argv, usage="jaxtune config")
+  print(json.dumps(cfg.to_dict(), indent=2))
   return 0
 
 
@@ -91,7 +204,7 @@ def cmd_export(argv: list[str]) -> int:
   _maybe_init_distributed()
   from jaxtune.export import export_run
   out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only)
-  print(f"exported {a.run} -> {os.path.abspath(out)}")
+  log.info("exported %s -> %s", a.run, os.path.abspath(out))
   return 0
 
 
@@ -114,34 +227,20 @@ def cmd_generate(argv: list[str]) -> int:
   p.add_argument("--json", action="store_true",
                  help="one JSON object per prompt: prompt, completion, completion_ids")
   a = p.parse_args(argv)
-  if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0:
-    raise SystemExit("error: need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-  import jaxtune
-  from jaxtune import rundir
-  from jaxtune.data.chat import load_tokenizer
-  from jaxtune.generate import generate, stop_token_ids
+  if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0 or a.max_new_tokens < 1:
+    raise UsageError("need --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+  from jaxtune.data.prompts import read_prompts
+  from jaxtune.generate import generate, load_model
 
-  if rundir.exists(rundir.join(a.model, "checkpoints")):  # a run dir, local or remote (gs://...)
-    from jaxtune.export import restore_model
-    from jaxtune.train.loop import HF_SOURCE
-    model, _, _ = restore_model(a.model)
-    model_dir = rundir.local_copy(rundir.join(a.model, HF_SOURCE))
-  else:
-    from jaxtune.weights.hf_load import resolve_model_dir
-    model_dir = str(resolve_model_dir(a.model))
-    model = jaxtune.load_pretrained(model_dir)
-  tokenizer = load_tokenizer(model_dir, a.chat_template)
-  from jaxtune.models.resize import grow_for_tokenizer
-  grow_for_tokenizer(model, tokenizer)  # tokens --chat-template added, as training would
+  model, tokenizer, stop_ids = load_model(a.model, a.chat_template)
   if a.prompt is not None:
     prompts = [[{"role": "user", "content": a.prompt}]]
-  else:  # the eval.prompts forms; a bad line is an error naming file:line
-    from jaxtune.train.prompt_eval import read_eval_prompts
-    prompts = [p.messages for p in read_eval_prompts(a.prompts, strict=True)]
+  else:  # every form eval.prompts reads; a bad line is an error naming file:line
+    prompts = [p.messages for p in read_prompts(a.prompts, strict=True)]
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
   outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                  top_p=a.top_p, top_k=a.top_k, seed=a.seed, stop_ids=stop_token_ids(tokenizer, model_dir))
+                  top_p=a.top_p, top_k=a.top_k, seed=a.seed, stop_ids=stop_ids)
   for conv, out in zip(prompts, outs):
     if a.json:
       print(json.dumps({"prompt": conv[-1]["content"], "completion": out["completion"],
@@ -153,17 +252,13 @@ def cmd_generate(argv: list[str]) -> int:
 
 def cmd_data(argv: list[str]) -> int:
   if not argv or argv[0] not in ("stats", "inspect"):
-    raise SystemExit("usage: jaxtune data {stats,inspect} --config PATH [--json] [--n N]")
+    raise UsageError("usage: jaxtune data {stats,inspect} --config PATH [--json] [--n N]")
   sub, rest = argv[0], argv[1:]
   p = argparse.ArgumentParser(prog=f"jaxtune data {sub}")
   p.add_argument("--json", action="store_true")
   p.add_argument("--n", type=int, default=5)
   a, cfg_argv = p.parse_known_args(rest)
-  from jaxtune.config import ConfigError
-  try:
-    cfg = _load_config(cfg_argv)
-  except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
+  cfg = load_config(cfg_argv, usage=f"jaxtune data {sub}")
   from jaxtune.data import report
   if sub == "stats":
     s = report.stats(cfg)
@@ -186,39 +281,42 @@ def cmd_data(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "data": cmd_data}
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-  """Errors that describe bad input: printed as one line, no traceback (JAXTUNE_LOG=DEBUG shows it)."""
-  from jaxtune.config import ConfigError
-  from jaxtune.data.chat import DropExample
-  from jaxtune.data.examples import DataError
-  from jaxtune.data.templates import TemplateError
-  from jaxtune.train.loop import TrainingError
-  from jaxtune.weights.hf_load import CheckpointError
-  return (ConfigError, DataError, DropExample, TemplateError, TrainingError, CheckpointError, FileNotFoundError)
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "data": cmd_data,
+            "config": cmd_config}
+USAGE = """usage: jaxtune [--quiet] COMMAND ...
+  train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
+  export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
+  generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
+  data     {stats,inspect} --config PATH [--json] [--n N]
+  config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)"""
 
 
 def main(argv: list[str] | None = None) -> int:
+  from jaxtune import log as log_lib
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=os.environ.get("JAXTUNE_LOG", "WARNING"))
-  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-    print("usage: jaxtune {train,export,generate,data} ...\n"
-          "  train    --config PATH [--config.KEY=VALUE ...]\n"
-          "  export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32]\n"
-          "  generate --model HF_DIR_or_RUN_DIR --prompt TEXT [--max-new-tokens N]\n"
-          "  data     {stats,inspect} --config PATH [--json] [--n N]", file=sys.stderr)
-    return 0 if argv and argv[0] in ("-h", "--help") else 2
+  quiet = "--quiet" in argv
+  argv = [a for a in argv if a != "--quiet"]
+  log_lib.setup(os.environ.get("JAXTUNE_LOG", "INFO"), quiet=quiet)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE, file=sys.stderr if not argv else sys.stdout)
+    return 0 if argv else 2
+  if argv[0] not in COMMANDS:
+    close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+    raise SystemExit(f"error: unknown command {argv[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f"\n{USAGE}")
   try:
     return COMMANDS[argv[0]](argv[1:]) or 0
-  except SystemExit:  # --help, usage and config errors: matched before _user_errors() imports jax
-    raise
-  except _user_errors() as e:
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+  except UserError as e:
+    if os.environ.get("JAXTUNE_LOG", "").upper() == "DEBUG":
       raise
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    return 1
+    raise SystemExit(f"error: {e}") from None
+  except (SystemExit, KeyboardInterrupt):
+    raise
+  except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
+    print("error: jaxtune hit an internal error (a bug: please report it with the traceback below)",
+          file=sys.stderr)
+    traceback.print_exc()
+    return 3
 
 
 if __name__ == "__main__":

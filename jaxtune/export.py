@@ -16,18 +16,14 @@ from flax import nnx
 
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
-from jaxtune.config import Config
+from jaxtune.config import Config, compute_dtype, jnp_dtype
+from jaxtune.errors import UsageError
+from jaxtune.models.lora import attach_lora
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.loop import DTYPES, HF_SOURCE, attach_lora, compute_dtype
 
 
 def load_run_config(run_dir: str) -> Config:
-  path = rundir.join(run_dir, "config.json")
-  if not rundir.exists(path):
-    raise FileNotFoundError(f"{run_dir} is not a jaxtune run dir (no config.json)")
-  d = rundir.read_json(path)
-  d.pop("jaxtune_version", None)
-  return Config.from_dict(d)
+  return Config.from_dict(rundir.read_config(run_dir))
 
 
 def _abstract_on(tree, mesh):
@@ -42,16 +38,16 @@ def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[
   from jaxtune.weights.hf_load import load_pretrained
 
   cfg = load_run_config(run_dir)
-  hf_config = rundir.read_json(rundir.join(run_dir, HF_SOURCE, "config.json"))
+  hf_config = rundir.read_hf_config(run_dir)
   mesh = mesh or mesh_lib.make_mesh(data=1, fsdp=-1, tensor=1)
-  dtype, param_dtype = compute_dtype(cfg.model.dtype), DTYPES[cfg.model.param_dtype]
+  dtype, param_dtype = compute_dtype(cfg.model.dtype), jnp_dtype(cfg.model.param_dtype)
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
       if hf_config.get("vocab_size", 0) > model.config.vocab_size:  # grown in training for added tokens
         from jaxtune.models.resize import resize_vocab
         resize_vocab(model, hf_config["vocab_size"])
-      attach_lora(model, cfg, mesh)
+      attach_lora(model, cfg.lora, seed=cfg.train.seed, mesh=mesh)
       adapters, meta, step = ckpt_lib.restore_params(run_dir, _abstract_on(nnx.state(model, nnx.LoRAParam), mesh),
                                                      step)
       nnx.update(model, adapters)
@@ -100,14 +96,14 @@ def export_run(run_dir: str, out_dir: str, *, step: int | None = None, dtype: st
   from jaxtune.weights.hf_export import save_pretrained
 
   model, _, step = restore_model(run_dir, step)
-  src = rundir.local_copy(rundir.join(run_dir, HF_SOURCE))  # a download when run_dir is remote
+  src = rundir.hf_source_dir(run_dir)  # a download when run_dir is remote
   tokenizer = AutoTokenizer.from_pretrained(src)
   if adapter_only:
     if not has_lora(model):
-      raise ValueError(f"--adapter-only: {run_dir} is a full fine-tune (lora.rank = 0), it has no adapter")
+      raise UsageError(f"--adapter-only: {run_dir} is a full fine-tune (lora.rank = 0), it has no adapter")
     write_peft_adapter(model, load_run_config(run_dir), out_dir, tokenizer)
     return out_dir
   merge_lora(model)
-  save_pretrained(model, out_dir, tokenizer=tokenizer, dtype=None if dtype is None else DTYPES[dtype],
+  save_pretrained(model, out_dir, tokenizer=tokenizer, dtype=None if dtype is None else jnp_dtype(dtype),
                   source_dir=src)
   return out_dir

@@ -244,6 +244,26 @@ def generate(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_n
   return [{"completion": tokenizer.decode(o, skip_special_tokens=True), "completion_ids": o} for o in outs]
 
 
+def load_model(path: str, chat_template: str = "") -> tuple[nnx.Module, object, list[int]]:
+  """(model, tokenizer, stop ids) of an HF model dir / hub id or a jaxtune run dir (its latest checkpoint,
+  LoRA adapters applied, with the tokenizer it trained with); `chat_template` for models without one adds
+  the tokens it needs and grows the vocabulary, as training does."""
+  from jaxtune import rundir
+  from jaxtune.data.chat import load_tokenizer
+  from jaxtune.models.resize import grow_for_tokenizer
+  if rundir.is_run_dir(path):
+    from jaxtune.export import restore_model
+    model, _, _ = restore_model(path)
+    model_dir = rundir.hf_source_dir(path)
+  else:
+    from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
+    model_dir = str(resolve_model_dir(path))
+    model = load_pretrained(model_dir)
+  tokenizer = load_tokenizer(model_dir, chat_template)
+  grow_for_tokenizer(model, tokenizer)
+  return model, tokenizer, stop_token_ids(tokenizer, model_dir)
+
+
 def greedy_generate(model, tokenizer, conversations: Sequence[Sequence[dict]], max_new_tokens: int,
                     *, batch_size: int = 64) -> list[str]:
   """Greedy assistant replies to chat conversations, decoded without special tokens."""

@@ -16,6 +16,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
@@ -40,13 +44,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {tuple(sizes)}: {len(devices)} devices are not divisible by {known}")
+      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} (data, fsdp, tensor): {len(devices)} devices are "
+                        f"not divisible by {known}")
     sizes[sizes.index(-1)] = len(devices) // known
   n = math.prod(sizes)
   if n > len(devices):
-    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {n} devices, have {len(devices)}")
+    raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {len(devices)}")
   if n < len(devices):
-    logging.getLogger(__name__).warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
+    log.warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
   arr = np.asarray(devices[:n]).reshape(sizes)
   return Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
@@ -73,8 +78,12 @@ def logical_to_spec(names: Sequence[str | None] | None, mesh: Mesh | None = None
   return P(*out)
 
 
-def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-  """Drops mesh axes that do not divide their dimension (e.g. a tiny vocab)."""
+_WARNED: set[tuple[str, str, int]] = set()
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh, what: str | None = None) -> P:
+  """Drops mesh axes that do not divide their dimension (e.g. a tiny vocab): that dimension is then
+  replicated over the axis. For a parameter (`what` names it) this is said once per parameter and axis."""
   out = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     if axes is None:
@@ -87,12 +96,18 @@ def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
       if dim % (size * mesh.shape[a]) == 0:
         keep.append(a)
         size *= mesh.shape[a]
+      elif what is not None and (what, a, dim) not in _WARNED:
+        _WARNED.add((what, a, dim))
+        log.warning("%s: dimension %d (shape %s) is not divisible by mesh axis %r of size %d; it is replicated "
+                    "over that axis instead of sharded", what, dim, tuple(shape), a, mesh.shape[a])
     out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
   return P(*out)
 
 
-def sharding_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, _fit(logical_to_spec(names, mesh), shape, mesh))
+def sharding_for(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                 what: str | None = None) -> NamedSharding:
+  """The sharding of an array with logical axes `names`; `what` names a parameter (see `_fit`)."""
+  return NamedSharding(mesh, _fit(logical_to_spec(names, mesh), shape, mesh, what))
 
 
 def variable_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
@@ -102,17 +117,27 @@ def variable_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
 def state_shardings(state: Any, mesh: Mesh) -> Any:
   """NamedShardings for a (possibly abstract) nnx.State, from `logical_axes` metadata."""
 
-  def one(var):
+  def one(path, var):
     if isinstance(var, nnx.Variable):
       value = var.get_value() if hasattr(var, "get_value") else var.value
-      return var.replace(sharding_for(variable_axes(var), value.shape, mesh))
+      return var.replace(sharding_for(variable_axes(var), value.shape, mesh, what=_dotted(path)))
     return NamedSharding(mesh, P())
 
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _dotted(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",) + ("seq",) * (ndim - 1), mesh))
+
+
+def global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """The global batch (the same numpy rows on every process) -> sharded arrays; each process copies only
+  the slices its own devices hold."""
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -1,198 +1,113 @@
-"""Everything a run dir holds besides its checkpoints, on a local path or any URL epath opens.
+"""What a run directory holds besides its checkpoints, and where.
 
-`config.json`, `hf_source/`, `metrics.jsonl`, `samples.jsonl` and the TensorBoard events go
-through here, so `run.dir` may be `gs://bucket/run` (or `s3://...`) as well as a local dir;
-checkpoints go through Orbax, which takes the same paths. Object stores cannot append to an
-object (a GCS object is immutable), so logs are written to a local mirror and uploaded whole,
-at most every `upload_every_s` seconds and on `flush`/`close`. A local run dir is written in
-place: the mirror is the file itself and nothing is uploaded.
+  RUN_DIR/config.json        the resolved config (plus the jaxtune version)
+  RUN_DIR/hf_source/         the source config.json, generation_config.json and tokenizer: what export and
+                             generate need besides the params
+  RUN_DIR/metrics.jsonl      one row per logged step
+  RUN_DIR/samples.jsonl      eval-prompt samples
+  RUN_DIR/tensorboard/       the same scalars as TensorBoard events
+  RUN_DIR/checkpoints/       Orbax checkpoints (jaxtune.train.checkpoint)
 
-Readers that need a real directory (transformers' tokenizer loading) use `local_copy`.
+Every path goes through `jaxtune.io`, so `run.dir` may be local or `gs://...`.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import logging
-import math
 import os
 import shutil
-import tempfile
-import time
 from typing import Any
 
-from etils import epath
+from jaxtune import io
+from jaxtune.errors import MissingPathError
 
-log = logging.getLogger(__name__)
-
-UPLOAD_EVERY_S = 10.0  # a GCS object takes about one update per second; logs need no more than this
-
-
-def is_remote(path: epath.PathLike) -> bool:
-  return "://" in os.fspath(path)
-
-
-def join(path: epath.PathLike, *parts: str) -> str:
-  return os.fspath(epath.Path(path).joinpath(*parts))
+CONFIG = "config.json"
+HF_SOURCE = "hf_source"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
+TENSORBOARD = "tensorboard"
+CHECKPOINTS = "checkpoints"
 
 
-def exists(path: epath.PathLike) -> bool:
-  return epath.Path(path).exists()
+def path(run_dir: str, *parts: str) -> str:
+  return io.join(run_dir, *parts)
 
 
-def read_text(path: epath.PathLike) -> str:
-  return epath.Path(path).read_bytes().decode("utf-8")
+def is_run_dir(p: str) -> bool:
+  """A jaxtune run dir (it has checkpoints/), local or remote."""
+  return io.exists(io.join(p, CHECKPOINTS))
 
 
-def write_text(path: epath.PathLike, text: str) -> None:
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(text.encode("utf-8"))
-
-
-def read_json(path: epath.PathLike) -> Any:
-  return json.loads(read_text(path))
-
-
-def write_json(path: epath.PathLike, obj: Any, **dumps_kwargs) -> None:
-  write_text(path, json.dumps(obj, indent=2, **dumps_kwargs))
-
-
-def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:
-  """Copies one file between any two stores (local -> gs://, gs:// -> local, ...), overwriting."""
-  dst = epath.Path(dst)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  epath.Path(src).copy(dst, overwrite=True)
-
-
-def copy_tree(src: epath.PathLike, dst: epath.PathLike) -> None:
-  """Copies the files under `src` to `dst` (merged into what is there), between any two stores."""
-  src, dst = epath.Path(src), epath.Path(dst)
-  dst.mkdir(parents=True, exist_ok=True)
-  for child in src.iterdir():  # no walk()/rglob(): epath refuses `**` on gs:// and walk() drops the scheme
-    if child.is_dir():
-      copy_tree(child, dst / child.name)
-    else:
-      child.copy(dst / child.name, overwrite=True)
-
-
-def _temp_dir() -> str:
-  d = tempfile.mkdtemp(prefix="jaxtune-rundir-")
-  atexit.register(shutil.rmtree, d, ignore_errors=True)
+def read_config(run_dir: str) -> dict[str, Any]:
+  """The resolved config a run saved (as a dict, without the jaxtune version)."""
+  p = io.join(run_dir, CONFIG)
+  if not io.exists(p):
+    raise MissingPathError(f"{run_dir} is not a jaxtune run dir (no {CONFIG})")
+  d = io.read_json(p)
+  d.pop("jaxtune_version", None)
   return d
 
 
-def local_copy(path: epath.PathLike) -> str:
-  """A local path holding `path` (a file or a dir): `path` itself when local, else a download
-  into a temp dir removed at exit."""
-  if not is_remote(path):
-    return os.fspath(path)
-  src = epath.Path(path)
-  if not src.exists():
-    raise FileNotFoundError(f"{path} does not exist")
-  out = os.path.join(_temp_dir(), src.name)
-  if src.is_dir():
-    copy_tree(src, out)
-  else:
-    copy_file(src, out)
-  return out
+def write_config(run_dir: str, config: dict[str, Any], version: str) -> None:
+  io.write_json(io.join(run_dir, CONFIG), {"jaxtune_version": version, **config})
 
 
-class LocalDir:
-  """A local directory standing for `target`: `target` itself when local, else a temp dir whose
-  new and changed files `sync()` uploads (at most every `upload_every_s` unless forced) and
-  `close()` uploads at last. Used for hf_source/ (`with LocalDir(...) as d: save into d.path`)
-  and for TensorBoard event files."""
-
-  def __init__(self, target: epath.PathLike, *, upload_every_s: float = UPLOAD_EVERY_S):
-    self.target = os.fspath(target)
-    self.remote = is_remote(self.target)
-    self.path = _temp_dir() if self.remote else self.target
-    os.makedirs(self.path, exist_ok=True)
-    self._every, self._last = upload_every_s, -math.inf
-    self._uploaded: dict[str, tuple[int, int]] = {}
-
-  def sync(self, *, force: bool = False) -> None:
-    if not self.remote or (not force and time.monotonic() - self._last < self._every):
-      return
-    self._last = time.monotonic()
-    for root, _, files in os.walk(self.path):
-      for name in files:
-        local = os.path.join(root, name)
-        rel = os.path.relpath(local, self.path)
-        st = os.stat(local)
-        key = (st.st_size, st.st_mtime_ns)  # taken before the copy: a file still growing is sent again
-        if self._uploaded.get(rel) != key:
-          copy_file(local, join(self.target, *rel.split(os.sep)))
-          self._uploaded[rel] = key
-
-  def close(self) -> None:
-    self.sync(force=True)
-
-  def __enter__(self) -> LocalDir:
-    return self
-
-  def __exit__(self, exc_type, *exc) -> None:
-    if exc_type is None:
-      self.close()
+def eos_ids(gen_or_config: dict[str, Any]) -> list[int]:
+  eos = gen_or_config.get("eos_token_id")
+  return [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
 
 
-class JsonlLog:
-  """An append-only JSON-lines file (metrics.jsonl, samples.jsonl). A local file is appended to and
-  flushed at every `append`. A remote object is mirrored in a local file, seeded with the object's
-  rows (a resumed run keeps them), and rewritten whole by `flush`, which `append` calls at most
-  every `upload_every_s` (the first rows at once) and `close` always."""
+def write_hf_source(run_dir: str, model_dir: str, tokenizer, hf_config: dict | None = None) -> None:
+  """RUN_DIR/hf_source/: the source config.json (or `hf_config` when training changed it, e.g. a vocabulary
+  grown for added tokens), generation_config.json and the tokenizer as trained.
 
-  def __init__(self, path: epath.PathLike, *, upload_every_s: float = UPLOAD_EVERY_S):
-    self.path = os.fspath(path)
-    self.remote = is_remote(self.path)
-    if self.remote:
-      self._mirror = os.path.join(_temp_dir(), os.path.basename(self.path))
-      if exists(self.path):
-        copy_file(self.path, self._mirror)
-    else:
-      self._mirror = self.path
-      os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    self._f = open(self._mirror, "a", encoding="utf-8")
-    self._every, self._last, self._dirty = upload_every_s, -math.inf, False
-
-  def append(self, *rows: dict[str, Any]) -> None:
-    for row in rows:
-      self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    self._f.flush()
-    self._dirty = True
-    if self.remote and time.monotonic() - self._last >= self._every:
-      self.flush()
-
-  def flush(self) -> None:
-    self._f.flush()
-    if self.remote and self._dirty:
-      copy_file(self._mirror, self.path)
-    self._dirty, self._last = False, time.monotonic()
-
-  def close(self) -> None:
-    if self._f is not None:
-      self.flush()
-      self._f.close()
-      self._f = None
+  The tokenizer's eos (the template's end-of-turn marker when data.chat_template set it) is added to the
+  declared eos ids, so that transformers and vLLM stop where the tuned model ends its turns. Built in a
+  local dir (the real one, or a temp dir uploaded when run.dir is remote)."""
+  with io.LocalDir(io.join(run_dir, HF_SOURCE)) as out:
+    src = out.path
+    for name in ("config.json", "generation_config.json"):
+      if os.path.exists(os.path.join(model_dir, name)):
+        shutil.copyfile(os.path.join(model_dir, name), os.path.join(src, name))
+    if hf_config is not None:
+      io.write_json(os.path.join(src, "config.json"), hf_config, sort_keys=True)
+    gen_path = os.path.join(src, "generation_config.json")
+    eos_id = tokenizer.eos_token_id
+    if eos_id is not None:
+      if os.path.exists(gen_path):
+        gen = io.read_json(gen_path)
+      else:  # what transformers derives from config.json
+        base = io.read_json(os.path.join(src, "config.json"))
+        gen = {k: base[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if base.get(k) is not None}
+      old = eos_ids(gen)
+      if eos_id not in old:
+        gen["eos_token_id"] = old + [eos_id]
+        io.write_json(gen_path, gen, sort_keys=True)
+    tokenizer.save_pretrained(src)
 
 
-def _lines(path: epath.PathLike):
-  """(line, row) for each line of a JSON-lines file; a torn last line (a run killed mid-write) is dropped."""
-  for line in read_text(path).split("\n"):  # not splitlines(): rows may hold U+2028 and the like
-    if line.strip():
-      try:
-        yield line, json.loads(line)
-      except json.JSONDecodeError:
-        log.warning("%s: dropping an unreadable line (a run killed mid-write?): %.80s", path, line)
+def hf_source_dir(run_dir: str) -> str:
+  """A local directory holding RUN_DIR/hf_source (a download when the run dir is remote)."""
+  return io.local_copy(io.join(run_dir, HF_SOURCE))
 
 
-def read_jsonl(path: epath.PathLike) -> list[dict[str, Any]]:
-  return [row for _, row in _lines(path)]
+def read_hf_config(run_dir: str) -> dict[str, Any]:
+  return io.read_json(io.join(run_dir, HF_SOURCE, "config.json"))
 
 
-def truncate_jsonl(path: epath.PathLike, step: int) -> None:
-  """Drops the rows of a JSON-lines file whose "step" is past `step` (a resumed run logs them again)."""
-  if exists(path):
-    write_text(path, "".join(line + "\n" for line, row in _lines(path) if row.get("step", 0) <= step))
+def truncate_jsonl(p: str, step: int) -> None:
+  """Drops the rows of a JSON-lines log whose "step" is past `step` (and a torn last line)."""
+  if io.exists(p):
+    io.write_text(p, "".join(line + "\n" for line, row in io.jsonl_lines(p) if row.get("step", 0) <= step))
+
+
+def truncate_logs(run_dir: str, step: int) -> None:
+  """Drops metrics and sample rows past `step` (written by a run killed after its last checkpoint): a
+  resumed run logs them again."""
+  for name in (METRICS, SAMPLES):
+    truncate_jsonl(io.join(run_dir, name), step)
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+  p = io.join(run_dir, METRICS)
+  return io.read_jsonl(p) if io.exists(p) else []
+

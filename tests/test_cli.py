@@ -10,26 +10,11 @@ from tests.helpers.cli import ROOT, chat_records, jaxtune
 from tests.helpers.hf_models import make_tiny_chat_model
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("e2e")
-  model_dir, tok = make_tiny_chat_model(tmp, "llama")
-  lines = chat_records()
-  lines.insert(5, "{not json")
-  lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no reply"}]}))
-  data = tmp / "chat.jsonl"
-  data.write_text("\n".join(lines) + "\n")
-  return tmp, model_dir, str(data)
-
-
-def test_train_resume_export_reload(setup):
-  tmp, model_dir, data = setup
-  run_abs = str(tmp / "run")
-  run = os.path.relpath(run_abs, ROOT)  # the CLI gets a relative run dir, as users type it (it runs in ROOT)
-  cfg = f"--config=configs/tiny.py:{model_dir},{data}"
-  p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=6", "--config.checkpoint.every=3",
-              "--config.train.eval_every=3", f"--config.data.eval=('{data}',)")
-  assert "dropped 2" in p.stdout, p.stdout
+def test_train_resume_export_reload(tiny_run):
+  # The shared run (tests/helpers/runs.py): 6 steps, checkpoints and eval at 3 and 6, a relative run dir.
+  tmp, model_dir, cfg = tiny_run.root, tiny_run.model_dir, tiny_run.config
+  run_abs = tiny_run.run_abs
+  assert "dropped 2" in tiny_run.stdout, tiny_run.stdout
   rows = [json.loads(l) for l in open(os.path.join(run_abs, "metrics.jsonl"))]
   assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(rows[-1])
   evals = [r for r in rows if "eval_loss" in r]
@@ -38,7 +23,9 @@ def test_train_resume_export_reload(setup):
   assert rows[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in rows)
   assert sorted(os.listdir(os.path.join(run_abs, "checkpoints"))) == ["3", "6"]
 
-  # Same command with more steps resumes from step 6.
+  # Same command with more steps resumes from step 6 (on a copy: other tests share the run).
+  run = tiny_run.copy("run_resumed")
+  run_abs = os.path.join(ROOT, run)
   p = jaxtune("train", cfg, f"--config.run.dir={run}", "--config.train.steps=8", "--config.checkpoint.every=3")
   assert "resumed" in p.stdout, p.stdout
   rows = [json.loads(l) for l in open(os.path.join(run_abs, "metrics.jsonl"))]
@@ -79,15 +66,14 @@ def test_train_resume_export_reload(setup):
   assert len(from_run) == 1 and from_run == from_export and from_run[0]["completion_ids"]
 
 
-def test_config_typo_names_the_key(setup):
-  tmp, model_dir, data = setup
-  p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", "--config.train.stepz=3", check=False)
+def test_config_typo_names_the_key(tiny_run):
+  p = jaxtune("train", tiny_run.config, "--config.train.stepz=3", check=False)
   assert p.returncode != 0
   assert "stepz" in p.stderr and "steps" in p.stderr, p.stderr
 
 
-def test_no_valid_example_is_an_error(setup):
-  tmp, model_dir, _ = setup
+def test_no_valid_example_is_an_error(tiny_run):
+  tmp, model_dir = tiny_run.root, tiny_run.model_dir
   bad = tmp / "bad.jsonl"
   bad.write_text("{oops\n" + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
   p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{bad}", f"--config.run.dir={tmp / 'badrun'}",

@@ -215,7 +215,96 @@ def test_auto_compute_dtype():
   import jax.numpy as jnp
 
   from jaxtune.config import default_config
-  from jaxtune.train.loop import compute_dtype
+  from jaxtune.config import compute_dtype
   assert default_config().model.dtype == "auto"
   assert jax.default_backend() == "cpu" and compute_dtype("auto") == jnp.float32  # bfloat16 on GPU/TPU
   assert compute_dtype("bfloat16") == jnp.bfloat16
+
+
+# -- one declaration per key -------------------------------------------------
+
+
+def test_every_key_is_declared_once_with_help():
+  from jaxtune.config import SECTIONS, declarations
+  names = [k for k, *_ in declarations()]
+  assert len(set(names)) == len(names) > 60
+  assert all(text.strip() for _, _, text, _ in declarations())
+  assert keys(default_config().to_dict()) == set(names)
+  for name, sec in SECTIONS.items():  # the dataclass defaults are the ConfigDict's defaults
+    assert getattr(default_config(), name).to_dict() == Config().to_dict()[name], name
+
+
+def test_train_help_lists_every_key_with_default(capsys):
+  from jaxtune import cli
+  from jaxtune.config import declarations
+  assert cli.main(["train", "--help"]) == 0
+  out = capsys.readouterr().out
+  for k, default, text, _ in declarations():
+    assert f"  {k} = " in out and text in out, k
+  assert '  optim.lr = 1e-05' in out and "  train.objective = \"sft\"  [sft | dpo | distill]" in out
+
+
+def test_readme_holds_the_key_table():
+  from jaxtune.config import markdown_table
+  assert markdown_table() in (ROOT / "README.md").read_text(), \
+      "README.md's key table is out of date: paste jaxtune.config.markdown_table() into it"
+
+
+def test_config_command_prints_the_resolved_config(capsys):
+  import json
+
+  from jaxtune import cli
+  assert cli.main(["config", f"--config={ROOT / 'configs' / 'tiny.py'}", "--config.train.steps=7",
+                   "--config.data.train=('a.jsonl',)"]) == 0
+  d = json.loads(capsys.readouterr().out)
+  assert d["train"]["steps"] == 7 and d["data"]["train"] == [
+      {"path": "a.jsonl", "format": "auto", "weight": 1.0, "split": "", "subset": ""}]
+  assert Config.from_dict(d) == Config.from_dict(parse(ROOT / "configs" / "tiny.py", "--config.train.steps=7",
+                                                       "--config.data.train=('a.jsonl',)"))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("optim.warmup_steps", -1, r"'optim.warmup_steps': must be >= 0"),
+    ("optim.clip_norm", -1.0, r"'optim.clip_norm': must be >= 0"),
+    ("checkpoint.every", -3, r"'checkpoint.every': must be >= 0"),
+    ("lora.rank", -8, r"'lora.rank': must be >= 0"),
+    ("run.dir", "", r"'run.dir': must name a directory"),
+    ("train.objective", "ppo", r"'train.objective': 'ppo' is not one of"),
+    ("lora.targets", ("q", "qq"), r"'lora.targets'.*unknown: \['qq'\]"),
+    ("train.steps", "ten", r"'train.steps': must be an integer"),
+    ("dpo.label_smoothing", 0.7, r"'dpo.label_smoothing': must be <= 0.5"),
+])
+def test_bad_values_name_the_key_and_range(key, value, match):
+  sec, name = key.split(".")
+  d = Config().to_dict()
+  d[sec][name] = value
+  with pytest.raises(ConfigError, match=match):
+    Config.from_dict(d)
+
+
+def test_unknown_key_suggests_the_nearest():
+  d = Config().to_dict()
+  d["optim"]["warmup_step"] = 1
+  with pytest.raises(ConfigError, match=r"'optim.warmup_step': unknown key; did you mean 'warmup_steps'"):
+    Config.from_dict(d)
+  with pytest.raises(ConfigError, match=r"did you mean 'optim'"):
+    Config.from_dict({"optm": {}})
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+  from jaxtune.cli import load_config
+  cases = {
+      "missing.py": None,
+      "syntax.py": "def get_config(:\n  pass\n",
+      "raises.py": "def get_config():\n  raise RuntimeError('boom')\n",
+      "noget.py": "x = 1\n",
+      "typed.py": "from jaxtune.config import default_config\n\ndef get_config():\n  c = default_config()\n"
+                  "  c.train.steps = 'ten'\n  return c\n",
+  }
+  want = {"missing.py": "does not exist", "syntax.py": "syntax.py:1: syntax error", "raises.py": "raises.py:2:",
+          "noget.py": "has no get_config()", "typed.py": "typed.py:5:"}
+  for name, text in cases.items():
+    if text is not None:
+      (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=want[name]):
+      load_config([f"--config={tmp_path / name}"])

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io as _stdio
 import json
-import os
-import tempfile
 
 import numpy as np
 
+from jaxtune import io
 from jaxtune.data import hf_datasets, records
 from jaxtune.data.examples import DataStats, ExampleStore
 
@@ -36,16 +36,16 @@ def unit_fingerprint(file: str, split: str = "", subset: str = "") -> list:
   """What identifies the contents of one unit of `records.expand`."""
   kind = records.kind(file)
   if kind in records.HF_KINDS:
-    name = file if records.is_remote(file) or kind == "hf_hub" else os.path.abspath(file)
+    name = file if kind == "hf_hub" else io.abspath(file)
     return [name, split, subset, hf_datasets.fingerprint(file, kind, split, subset)]
-  size, mtime = records.stat(file)
-  return [file if records.is_remote(file) else os.path.abspath(file), size, mtime]
+  size, mtime = io.stat(file)
+  return [io.abspath(file), size, mtime]
 
 
 def cache_key(sources, tokenizer, **settings) -> str:
   files = []
   for src in sources:
-    split, subset = getattr(src, "split", ""), getattr(src, "subset", "")
+    split, subset = src.split, src.subset
     for f in records.expand(src.path):
       files.append(unit_fingerprint(f, split, subset) + [src.format])
   blob = json.dumps({"v": VERSION, "files": files, "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -53,30 +53,29 @@ def cache_key(sources, tokenizer, **settings) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _path(cache_dir: str, key: str) -> str:
+  return io.join(cache_dir, f"examples-{key}.npz")
+
+
 def load(cache_dir: str, key: str) -> tuple[ExampleStore, DataStats] | None:
-  path = os.path.join(cache_dir, f"examples-{key}.npz")
-  if not os.path.exists(path):
+  path = _path(cache_dir, key)
+  if not io.exists(path):
     return None
-  with np.load(path) as z:
+  with np.load(_stdio.BytesIO(io.read_bytes(path))) as z:
     store = ExampleStore(z["tokens"], z["mask"], z["offsets"], tuple(int(b) for b in z["source_bounds"]))
     stats = DataStats(**json.loads(str(z["stats"])))
   return store, stats
 
 
 def save(cache_dir: str, key: str, store: ExampleStore, stats: DataStats) -> str:
-  """Writes atomically (temp file, then rename), so readers never see half a file."""
+  """Writes the whole file at once (`io.write_bytes`), so readers never see half of it; `cache_dir` may be
+  local or remote (gs://)."""
   if store.index is not None:
     raise ValueError("only a full store is cached, not a view")
-  os.makedirs(cache_dir, exist_ok=True)
-  path = os.path.join(cache_dir, f"examples-{key}.npz")
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, tokens=store.tokens, mask=store.mask, offsets=store.offsets,
-               source_bounds=np.asarray(store.source_bounds, np.int64),
-               stats=np.asarray(json.dumps(dataclasses.asdict(stats))))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  buf = _stdio.BytesIO()
+  np.savez(buf, tokens=store.tokens, mask=store.mask, offsets=store.offsets,
+           source_bounds=np.asarray(store.source_bounds, np.int64),
+           stats=np.asarray(json.dumps(dataclasses.asdict(stats))))
+  path = _path(cache_dir, key)
+  io.write_bytes(path, buf.getvalue())
   return path

@@ -20,13 +20,12 @@ from typing import Sequence
 import numpy as np
 
 from jaxtune.data import chat, packing, records
+from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
 
 _BATCH = 256  # conversations per tokenizer call
 MAX_SAMPLES_PER_REASON = 10
 
 
-class DataError(ValueError):
-  """The data cannot feed training; the message says why."""
 
 
 @dataclasses.dataclass
@@ -192,7 +191,7 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
                    file_counts: dict):
   """Yields (where, file, messages or (ids, loss_mask)) of a source's records in this shard."""
   k = -1
-  split, subset = getattr(src, "split", ""), getattr(src, "subset", "")
+  split, subset = src.split, src.subset
   for file in records.expand(src.path):
     file_counts.setdefault(file, [0, 0])
     fmt = None if src.format == "auto" else src.format

@@ -161,8 +161,8 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
   tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
                   strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count,
-                  reasoning=getattr(data_cfg, "reasoning", "train"), system=getattr(data_cfg, "system", "keep"))
-  cache_dir = getattr(data_cfg, "cache_dir", "")
+                  reasoning=data_cfg.reasoning, system=data_cfg.system)
+  cache_dir = data_cfg.cache_dir
   if not cache_dir and not reuse:
     return load_examples(sources, tokenizer, **settings)
   key = cache.cache_key(sources, tokenizer, **settings)
@@ -192,7 +192,7 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r} not in ('train', 'eval')")
-  fraction = float(getattr(data_cfg, "eval_fraction", 0.0) or 0.0)
+  fraction = data_cfg.eval_fraction
   held_out = fraction > 0 and not data_cfg.eval
   sources = data_cfg.train if split == "train" or held_out else data_cfg.eval
   if not sources:
@@ -201,7 +201,7 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   store, stats = _examples(data_cfg, sources, tokenizer, shard_index, shard_count, reuse=held_out)
   if held_out:
-    store, stats = split_holdout(store, stats, fraction, getattr(data_cfg, "eval_seed", 0))[split]
+    store, stats = split_holdout(store, stats, fraction, data_cfg.eval_seed)[split]
   seq_len, pack, pad_id = data_cfg.seq_len, data_cfg.packing, _pad_id(tokenizer)
   window = window_size(store, seq_len, batch_size, pack)
   order = np.random.default_rng(_seed(seed, 1 << 20)).permutation(len(store))[:MAX_EFFICIENCY_EXAMPLES]
@@ -213,7 +213,7 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   train = _stream(store, [s.weight for s in sources], seed).batch(window).map(packer)
   train = grain.experimental.FlatMapIterDataset(train.to_iter_dataset(read), _SplitRows())
   train = train.batch(batch_size, drop_remainder=True)
-  if getattr(data_cfg, "workers", 0) > 0:
+  if data_cfg.workers > 0:
     from absl import flags  # Grain's workers read absl flags; outside absl.app.run they are unparsed
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()

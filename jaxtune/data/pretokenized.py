@@ -26,15 +26,15 @@ needs for fast random access. Write them with `write_pretokenized`.
 
 from __future__ import annotations
 
-import io
+import io as _stdio
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Iterable, Iterator
 
 import msgpack
 import numpy as np
+
+from jaxtune import io
 
 SUFFIX = ".array_record"
 WRITER_OPTIONS = "group_size:1"
@@ -72,7 +72,7 @@ def decode(raw: bytes) -> dict:
     return rec
   if raw[:4] == b"PK\x03\x04":
     try:
-      with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+      with np.load(_stdio.BytesIO(raw), allow_pickle=False) as z:
         fields = {k: z[k] for k in ("input_ids", "loss_mask") if k in z.files}
     except Exception as e:  # noqa: BLE001 - any unreadable archive is a bad record
       raise RecordError(f"unreadable .npz record: {e}") from e
@@ -137,18 +137,12 @@ def write_pretokenized(path: str | os.PathLike, examples: Iterable[Any]) -> int:
 
   Each example is an (input_ids, loss_mask) pair, a dict with those keys
   (loss_mask optional), or a bare input_ids sequence (every token trained).
-  `path` may be remote (gs://..., through etils.epath): the file is written
+  `path` may be remote (gs://..., through jaxtune.io): the file is written
   locally first and then copied.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
-  path = str(path)
-  remote = "://" in path
-  tmp_dir = tempfile.mkdtemp(prefix="jaxtune-ar-") if remote else None
-  local = os.path.join(tmp_dir, os.path.basename(path)) if remote else path
   n = 0
-  try:
-    if os.path.dirname(local):
-      os.makedirs(os.path.dirname(local), exist_ok=True)
+  with io.local_file_for_writing(os.fspath(path)) as local:
     writer = ArrayRecordWriter(local, WRITER_OPTIONS)
     try:
       for ex in examples:
@@ -161,10 +155,4 @@ def write_pretokenized(path: str | os.PathLike, examples: Iterable[Any]) -> int:
         n += 1
     finally:
       writer.close()
-    if remote:
-      from etils import epath
-      epath.Path(local).copy(epath.Path(path), overwrite=True)
-  finally:
-    if tmp_dir:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
   return n

@@ -29,19 +29,17 @@ assistant messages with OpenAI `tool_calls` (`content` may then be empty or null
 
 from __future__ import annotations
 
-import glob
 import gzip
-import io
+import io as _stdio
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Iterator
 
+from jaxtune import io
 from jaxtune.data import hf_datasets, pretokenized
 from jaxtune.data.messages import REASONING_FIELD, Conversation, tool_calls
-from jaxtune.rundir import is_remote  # a URI (gs://, s3://, ...) is read through etils.epath
+from jaxtune.errors import DataError, MissingPathError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 PRETOKENIZED = "pretokenized"
@@ -74,64 +72,10 @@ def where(file: str, n: int) -> str:
 
 
 
-def _epath(path: str):
-  from etils import epath
-  return epath.Path(path)
-
-
-def _remote(fn, path: str):
-  try:
-    return fn(_epath(path))
-  except ImportError as e:  # epath/fsspec name the missing package (gcsfs, s3fs, ...)
-    raise ImportError(f"cannot read {path!r}: {e} (gs:// paths need gcsfs or tensorflow)") from e
-
-
-def _isdir(path: str) -> bool:
-  return _remote(lambda p: p.is_dir(), path) if is_remote(path) else os.path.isdir(path)
-
-
-def _isfile(path: str) -> bool:
-  return _remote(lambda p: p.is_file(), path) if is_remote(path) else os.path.isfile(path)
-
-
-def _exists(path: str) -> bool:
-  return _remote(lambda p: p.exists(), path) if is_remote(path) else os.path.exists(path)
-
-
-def _listdir(path: str) -> list[str]:
-  if is_remote(path):
-    return [str(p) for p in _remote(lambda p: sorted(p.iterdir()), path)]
-  return [os.path.join(path, f) for f in sorted(os.listdir(path))]
-
-
-def _glob(pattern: str) -> list[str]:
-  if not is_remote(pattern):
-    return glob.glob(pattern)
-  parts = pattern.split("/")
-  first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-  base, rest = "/".join(parts[:first]), "/".join(parts[first:])
-  return [str(p) for p in _remote(lambda p: list(p.glob(rest)), base)]
-
-
-def open_file(path: str, mode: str = "rb"):
-  """A local or remote (epath) file object."""
-  return _remote(lambda p: p.open(mode), path) if is_remote(path) else open(path, mode)
-
-
-def stat(path: str) -> tuple[int, int]:
-  """(size, mtime) of a local or remote file, for cache keys."""
-  if is_remote(path):
-    st = _remote(lambda p: p.stat(), path)
-    return int(st.length), int(st.mtime)
-  st = os.stat(path)
-  return st.st_size, st.st_mtime_ns
-
-
 def is_hf_dir(path: str) -> bool:
   """A `datasets` save_to_disk directory: a Dataset or a DatasetDict."""
-  join = (lambda n: f"{path.rstrip('/')}/{n}") if is_remote(path) else (lambda n: os.path.join(path, n))
-  return (all(_exists(join(m)) for m in hf_datasets.DISK_MARKERS)
-          or _exists(join(hf_datasets.DICT_MARKER)))
+  return (all(io.exists(io.join(path, m)) for m in hf_datasets.DISK_MARKERS)
+          or io.exists(io.join(path, hf_datasets.DICT_MARKER)))
 
 
 def _supported(name: str) -> bool:
@@ -147,14 +91,14 @@ def kind(file: str) -> str:
   for ext, k in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "json"), (".parquet", "parquet")):
     if file.endswith(ext):
       return k
-  if _isdir(file):
+  if io.is_dir(file):
     return "hf_disk"
-  raise ValueError(f"data file {file!r}: unsupported extension, expected one of {EXTENSIONS}")
+  raise DataError(f"data file {file!r}: unsupported extension, expected one of {EXTENSIONS}")
 
 
 def _looks_like_hub_id(path: str) -> bool:
   return (bool(_HUB_ID_RE.match(path)) and not _supported(path) and not path.startswith((".", "~"))
-          and not is_remote(path) and not glob.has_magic(path))
+          and not io.is_remote(path) and not io.has_magic(path))
 
 
 def expand(path: str) -> list[str]:
@@ -164,26 +108,26 @@ def expand(path: str) -> list[str]:
   path = str(path)
   if path.startswith(hf_datasets.HUB_PREFIX):  # also canonical ids without an owner, "hf:squad"
     return [path]
-  if _isdir(path):
+  if io.is_dir(path):
     if is_hf_dir(path):
       return [path]
-    files = [f for f in _listdir(path) if _supported(os.path.basename(f)) and _isfile(f)]
-  elif glob.has_magic(path):
-    files = sorted(_glob(path))
-  elif not _exists(path) and _looks_like_hub_id(path):
+    files = [f for f in io.listdir(path) if _supported(os.path.basename(f)) and io.is_file(f)]
+  elif io.has_magic(path):
+    files = io.glob(path)
+  elif not io.exists(path) and _looks_like_hub_id(path):
     return [hf_datasets.HUB_PREFIX + path]
   else:
     files = [path]
   if not files:
-    raise FileNotFoundError(f"data source {path!r} matches no {'/'.join(EXTENSIONS)} file "
-                            "(nor a Hugging Face save_to_disk directory)")
+    raise MissingPathError(f"data source {path!r} matches no {'/'.join(EXTENSIONS)} file "
+                           "(nor a Hugging Face save_to_disk directory)")
   for f in files:
-    if _isdir(f) and is_hf_dir(f):
+    if io.is_dir(f) and is_hf_dir(f):
       continue
-    if not _isfile(f):
-      raise FileNotFoundError(f"data file {f!r} does not exist")
+    if not io.is_file(f):
+      raise MissingPathError(f"data file {f!r} does not exist")
     if not _supported(os.path.basename(f)):
-      raise ValueError(f"data file {f!r}: unsupported extension, expected one of {EXTENSIONS}")
+      raise DataError(f"data file {f!r}: unsupported extension, expected one of {EXTENSIONS}")
   return files
 
 
@@ -197,22 +141,21 @@ def read_records(file: str, *, split: str = "", subset: str = "") -> Iterator[tu
       yield label, i, rec
     return
   if split or subset:
-    raise ValueError(f"data file {file!r}: 'split'/'subset' apply to Hugging Face datasets only")
+    raise DataError(f"data file {file!r}: 'split'/'subset' apply to Hugging Face datasets only")
   if k == "array_record":
     yield from _read_array_record(file)
   elif k == "parquet":
     yield from _read_parquet(file)
   elif k == "json":
-    with open_file(file, "rb") as f:
-      data = json.loads(f.read().decode("utf-8"))
+    data = json.loads(io.read_bytes(file).decode("utf-8"))
     if not isinstance(data, list):
-      raise ValueError(f"{file}: a .json source must hold a list of records, got {type(data).__name__}")
+      raise DataError(f"{file}: a .json source must hold a list of records, got {type(data).__name__}")
     for i, rec in enumerate(data):
       yield file, i, rec
   else:
-    with open_file(file, "rb") as raw:
+    with io.open(file, "rb") as raw:
       stream = (gzip.open(raw, "rt", encoding="utf-8") if file.endswith(".gz")
-                else io.TextIOWrapper(raw, encoding="utf-8"))
+                else _stdio.TextIOWrapper(raw, encoding="utf-8"))
       for n, line in enumerate(stream, start=1):
         if not line.strip():
           continue
@@ -225,7 +168,7 @@ def read_records(file: str, *, split: str = "", subset: str = "") -> Iterator[tu
 def _read_parquet(file: str):
   import pyarrow.parquet as pq
   i = 0
-  with open_file(file, "rb") as f:
+  with io.open(file, "rb") as f:
     for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
       for rec in batch.to_pylist():
         yield file, i, rec
@@ -233,24 +176,13 @@ def _read_parquet(file: str):
 
 
 def _read_array_record(file: str):
-  """Decoded records of an ArrayRecord file; a remote one is copied to a temp file first
-  (the ArrayRecord reader reads local files only)."""
-  tmp = None
-  local = file
-  try:
-    if is_remote(file):
-      tmp = tempfile.mkdtemp(prefix="jaxtune-ar-")
-      local = os.path.join(tmp, os.path.basename(file))
-      with open_file(file, "rb") as src, open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 24)
-    for i, raw in pretokenized.read(local):
-      try:
-        yield file, i, pretokenized.decode(raw)
-      except pretokenized.RecordError as e:
-        yield file, i, MalformedRecord("bad_record", str(e))
-  finally:
-    if tmp:
-      shutil.rmtree(tmp, ignore_errors=True)
+  """Decoded records of an ArrayRecord file (a remote one is read from a local copy: the ArrayRecord reader
+  reads local files only)."""
+  for i, raw in pretokenized.read(io.local_copy(file)):
+    try:
+      yield file, i, pretokenized.decode(raw)
+    except pretokenized.RecordError as e:
+      yield file, i, MalformedRecord("bad_record", str(e))
 
 
 def detect_format(record: Any) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from jaxtune.errors import TemplateError  # noqa: F401 - raised here, defined with the other user errors
+
 LLAMA3 = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
@@ -80,10 +82,6 @@ def special_literals(template: str) -> list[str]:
       if t not in found:
         found.append(t)
   return found
-
-
-class TemplateError(ValueError):
-  """No usable chat template: the tokenizer has none and none was given, or the given one is unknown."""
 
 
 def resolve(name_or_path: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from jaxtune.data import templates
+from jaxtune.errors import CheckpointError, TemplateError
 
 
 def load_tokenizer(model_path: str, chat_template: str = ""):
@@ -28,7 +29,7 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
   from transformers import AutoTokenizer
   tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
   if not getattr(tok, "is_fast", False):
-    raise ValueError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
+    raise CheckpointError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
   tok.jaxtune_added_tokens = {}
   if chat_template:
     tok.chat_template = templates.resolve(chat_template)
@@ -40,7 +41,7 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
           chat_template, model_path, ", ".join(f"{t}={i}" for t, i in added.items()), len(tok), tok.eos_token,
           tok.pad_token)
   elif not tok.chat_template:
-    raise templates.TemplateError(
+    raise TemplateError(
         f"the tokenizer at {model_path!r} has no chat template: set data.chat_template (jaxtune train) or "
         f"--chat-template (jaxtune generate) to a built-in ({sorted(templates.BUILTIN)}) or a .jinja file")
   return tok
@@ -82,7 +83,7 @@ def add_template_tokens(tok, template: str) -> dict[str, int]:
       tok.add_special_tokens({"additional_special_tokens": [t]}, replace_additional_special_tokens=False)
   still = [t for t in missing if not _is_single_token(tok, t)]
   if still:
-    raise ValueError(f"could not add the special tokens {still} the chat template needs to the tokenizer")
+    raise TemplateError(f"could not add the special tokens {still} the chat template needs to the tokenizer")
   added = {t: int(tok.convert_tokens_to_ids(t)) for t in missing}
   if "<|begin_of_text|>" in added and wants_bos:
     tok.bos_token = "<|begin_of_text|>"

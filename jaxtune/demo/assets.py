@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+_LOG = logging.getLogger(__name__)
 
 VERSION = "v1"
 SEED = 0
@@ -104,7 +107,7 @@ def check_config(cfg, assets: DemoAssets) -> None:
                       f"but the config trains on {[str(p) for p in train]}")
 
 
-def prepare(cfg, *, log=print) -> DemoAssets:
+def prepare(cfg, *, log=_LOG.info) -> DemoAssets:
   """Builds the demo's model, tokenizer and data once; later calls reuse the cache."""
   assets = asset_paths(cfg.demo.cache_dir)
   check_config(cfg, assets)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections import defaultdict
 from typing import Sequence
 
 from jaxtune.demo import tasks
+
+_LOG = logging.getLogger(__name__)
 
 # The last "before" accuracy of this process, shown next to the "after" one.
 _BEFORE: dict[str, float] = {}
@@ -78,7 +81,7 @@ def _save(cfg, key: str, r: EvalResult) -> None:
     json.dump(data, f, indent=2, sort_keys=True)
 
 
-def report_before(cfg, model, tokenizer, *, log=print) -> float:
+def report_before(cfg, model, tokenizer, *, log=_LOG.info) -> float:
   """Prints (and returns) the base model's held-out exact match."""
   r = exact_match(cfg, model, tokenizer)
   _BEFORE["accuracy"] = r.accuracy
@@ -89,7 +92,7 @@ def report_before(cfg, model, tokenizer, *, log=print) -> float:
   return r.accuracy
 
 
-def report_after(cfg, model, tokenizer, export_dir, *, samples: Sequence[dict] | None = None, log=print) -> float:
+def report_after(cfg, model, tokenizer, export_dir, *, samples: Sequence[dict] | None = None, log=_LOG.info) -> float:
   """Prints (and returns) the tuned model's held-out exact match, samples and the export path.
 
   `samples`: the training loop's last eval-prompt samples of this model (sampled again if None)."""

@@ -1,7 +1,7 @@
 """Gemma 2 (Gemma2ForCausalLM): (1+w) RMSNorm, sandwich norms, scaled embeddings,
 attention-logit and final-logit softcapping, alternating sliding/global layers."""
 
-from jaxtune.models.config import RopeConfig, activation_from_hf, activation_to_hf, common_from_hf
+from jaxtune.models.hf_config import RopeConfig, activation_from_hf, activation_to_hf, common_from_hf
 
 NAME = "gemma2"
 MODEL_TYPE = "gemma2"

@@ -3,7 +3,7 @@ q/k RMSNorm and a separate RoPE (base, scaling) for sliding and full layers.
 transformers' Gemma 3 attention never applies `attn_logit_softcapping`, so
 neither do we (the field is read as None)."""
 
-from jaxtune.models.config import FULL, SLIDING, RopeConfig
+from jaxtune.models.hf_config import FULL, SLIDING, RopeConfig
 from jaxtune.models.gemma2 import gemma_from_hf, gemma_to_hf
 
 NAME = "gemma3"

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtune.mesh import constrain
-from jaxtune.models.config import RopeConfig
+from jaxtune.models.hf_config import RopeConfig
 
 INIT_STD = 0.02  # HF initializer_range
 

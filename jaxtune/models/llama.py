@@ -1,6 +1,6 @@
 """Llama (LlamaForCausalLM): GQA, RoPE (default / linear / llama3), gated SiLU MLP."""
 
-from jaxtune.models.config import RopeConfig, activation_from_hf, activation_to_hf, common_from_hf
+from jaxtune.models.hf_config import RopeConfig, activation_from_hf, activation_to_hf, common_from_hf
 
 NAME = "llama"
 MODEL_TYPE = "llama"

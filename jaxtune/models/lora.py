@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtune.errors import ConfigError
+from jaxtune.mesh import state_shardings
 from jaxtune.models.layers import Linear
 
 # lora.targets name -> (sub-module, projection) inside a decoder layer; HF/PEFT names.
@@ -26,7 +28,7 @@ def targeted(model, targets) -> Iterator[tuple[str, Linear]]:
   """(HF module path, Linear) for every targeted projection of every layer."""
   bad = sorted(set(targets) - set(TARGETS))
   if bad:
-    raise ValueError(f"lora.targets {bad} not in {sorted(TARGETS)}")
+    raise ConfigError(f"config key 'lora.targets': {bad} not in {sorted(TARGETS)}")
   for i, layer in enumerate(model.model.layers):
     for t in targets:
       sub, proj = TARGETS[t]
@@ -36,7 +38,7 @@ def targeted(model, targets) -> Iterator[tuple[str, Linear]]:
 def add_lora(model, *, rank: int, alpha: float, targets, rngs: nnx.Rngs) -> None:
   """Adds rank-`rank` adapters (A ~ N(0, 1/in), B = 0) to the targeted projections, in place."""
   if rank < 1:
-    raise ValueError(f"lora.rank must be >= 1 to add adapters, got {rank}")
+    raise ConfigError(f"config key 'lora.rank': must be >= 1 to add adapters, got {rank}")
   for _, lin in targeted(model, targets):
     d_in, d_out = lin.kernel.shape
     in_axis, out_axis = lin.kernel.get_metadata()["logical_axes"]
@@ -45,6 +47,15 @@ def add_lora(model, *, rank: int, alpha: float, targets, rngs: nnx.Rngs) -> None
     lin.lora_a = nnx.LoRAParam(a.astype(dtype), logical_axes=(in_axis, "lora"))
     lin.lora_b = nnx.LoRAParam(jnp.zeros((rank, d_out), dtype), logical_axes=("lora", out_axis))
     lin.lora_scale = float(alpha) / rank
+
+
+def attach_lora(model, lora_cfg, *, seed: int, mesh=None) -> None:
+  """Adds the adapters `lora_cfg` (rank, alpha, targets) asks for, deterministic from `seed`, placed by the
+  rules table on `mesh` (one device when None)."""
+  add_lora(model, rank=lora_cfg.rank, alpha=lora_cfg.alpha, targets=lora_cfg.targets, rngs=nnx.Rngs(seed))
+  if mesh is not None:
+    adapters = nnx.state(model, nnx.LoRAParam)
+    nnx.update(model, jax.device_put(adapters, state_shardings(adapters, mesh)))
 
 
 def has_lora(model) -> bool:

@@ -1,6 +1,6 @@
 """Mistral (MistralForCausalLM): Llama layout, every layer sliding when `sliding_window` is set."""
 
-from jaxtune.models.config import FULL, SLIDING
+from jaxtune.models.hf_config import FULL, SLIDING
 from jaxtune.models.llama import FLAGS as LLAMA_FLAGS, llama_like_from_hf, llama_like_to_hf
 
 NAME = "mistral"

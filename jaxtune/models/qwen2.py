@@ -1,6 +1,6 @@
 """Qwen2 / Qwen2.5 (Qwen2ForCausalLM): Llama layout with q/k/v biases; optional sliding layers."""
 
-from jaxtune.models.config import SLIDING
+from jaxtune.models.hf_config import SLIDING
 from jaxtune.models.llama import FLAGS as LLAMA_FLAGS, llama_like_from_hf, llama_like_to_hf
 
 NAME = "qwen2"

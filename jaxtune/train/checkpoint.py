@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
+from jaxtune import io, rundir
+from jaxtune.errors import MissingPathError
 from jaxtune.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,7 @@ _FINAL_MARKER = "_CHECKPOINT_METADATA"
 
 def checkpoint_dir(run_dir: str) -> str:
   """RUN_DIR/checkpoints; a local run dir is made absolute (Orbax refuses relative paths)."""
-  if "://" not in run_dir:
-    run_dir = os.path.abspath(run_dir)
-  return os.path.join(run_dir, "checkpoints")
+  return io.join(io.abspath(run_dir), rundir.CHECKPOINTS)
 
 
 def make_manager(run_dir: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
@@ -38,7 +36,7 @@ def make_manager(run_dir: str, *, keep: int = 3, async_save: bool = True) -> ocp
   # No zstd: float weights barely compress, and compressing a few GB on the host would compete
   # with the train step for CPU while an async save is writing.
   arrays = lambda: ocp.PyTreeCheckpointHandler(use_compression=False)
-  return ocp.CheckpointManager(epath.Path(checkpoint_dir(run_dir)), options=options,
+  return ocp.CheckpointManager(io.Path(checkpoint_dir(run_dir)), options=options,
                                item_handlers={"params": arrays(), "opt_state": arrays(),
                                               "meta": ocp.JsonCheckpointHandler(),
                                               "data_iter": grain.checkpoint.CheckpointHandler()})
@@ -50,7 +48,7 @@ def good_steps(mgr: ocp.CheckpointManager, *, quarantine: bool = False) -> list[
   out = []
   mgr.reload()
   for step in sorted(mgr.all_steps(), reverse=True):
-    path = epath.Path(mgr.directory) / str(step)
+    path = io.Path(mgr.directory) / str(step)
     if (path / _FINAL_MARKER).exists() and (path / "params").exists() and (path / "meta").exists():
       out.append(step)
       continue
@@ -63,7 +61,7 @@ def good_steps(mgr: ocp.CheckpointManager, *, quarantine: bool = False) -> list[
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  path = epath.Path(mgr.directory) / str(step) / "meta" / "metadata"
+  path = io.Path(mgr.directory) / str(step) / "meta" / "metadata"
   return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -107,11 +105,11 @@ def restore_params(run_dir: str, abstract_params: Any, step: int | None = None) 
   mgr = make_manager(run_dir, async_save=False)
   steps = good_steps(mgr)
   if not steps:
-    raise FileNotFoundError(f"no finished checkpoint under {checkpoint_dir(run_dir)}")
+    raise MissingPathError(f"no finished checkpoint under {checkpoint_dir(run_dir)}")
   if step is None:
     step = steps[0]
   elif step not in steps:
-    raise FileNotFoundError(f"step {step} is not a finished checkpoint of {run_dir}; have {sorted(steps)}")
+    raise MissingPathError(f"step {step} is not a finished checkpoint of {run_dir}; have {sorted(steps)}")
   r = mgr.restore(step, args=ocp.args.Composite(params=_restore_arrays(abstract_params),
                                                 meta=ocp.args.JsonRestore()))
   mgr.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from jaxtune import rundir
+from jaxtune import io, rundir
 
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' spec sheets.
 PEAK_FLOPS = {
@@ -58,8 +58,8 @@ class MetricsWriter:
     self._metrics = self._samples = self._tb_dir = self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self._metrics = rundir.JsonlLog(rundir.join(run_dir, "metrics.jsonl"))
-      self._tb_dir = rundir.LocalDir(rundir.join(run_dir, "tensorboard"))
+      self._metrics = io.JsonlLog(rundir.path(run_dir, rundir.METRICS))
+      self._tb_dir = io.LocalDir(rundir.path(run_dir, rundir.TENSORBOARD))
       self._tb = SummaryWriter(self._tb_dir.path)
 
   def write(self, row: dict[str, Any]) -> None:
@@ -78,7 +78,7 @@ class MetricsWriter:
     if self._tb is None:
       return
     if self._samples is None:  # created on the first samples: a run without eval.prompts has no file
-      self._samples = rundir.JsonlLog(rundir.join(self.run_dir, "samples.jsonl"))
+      self._samples = io.JsonlLog(rundir.path(self.run_dir, rundir.SAMPLES))
     self._samples.append(*({"step": step, **s} for s in samples))
     if table:
       self._tb.add_text("eval/samples", table, step)

@@ -24,13 +24,12 @@ from safetensors import safe_open
 from jaxtune.mesh import sharding_for, variable_axes
 from jaxtune.models import CausalLM, ModelConfig, build_model
 from jaxtune.weights import tables
+from jaxtune.errors import CheckpointError  # noqa: F401 - raised here, defined with the other user errors
 
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that does not fit the model: names the tensor and the shapes."""
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -151,7 +150,7 @@ def read_tensor(file: Path, key: str, var: nnx.Variable, path: tuple, transform:
 
 
 def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
-               placement: Callable[[nnx.Variable, tuple[int, ...]], Sharding], param_dtype: Any) -> nnx.State:
+               placement: Callable[[str, nnx.Variable, tuple[int, ...]], Sharding], param_dtype: Any) -> nnx.State:
   """Fills an abstract params state from the checkpoint in `d`."""
   files = weight_map(d)
   flat = list(nnx.to_flat_state(abstract_state))
@@ -160,7 +159,7 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
   out = []
   for path, var, key, transform in plan:
     shape = tuple(var.get_value().shape)
-    array = read_tensor(files[key], key, var, path, transform, placement(var, shape), param_dtype)
+    array = read_tensor(files[key], key, var, path, transform, placement(tables.dotted(path), var, shape), param_dtype)
     out.append((path, var.replace(array)))
   return nnx.from_flat_state(out)
 
@@ -183,8 +182,8 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = N
   graphdef, abstract_state = nnx.split(abstract)
   if mesh is None:
     one = SingleDeviceSharding(jax.local_devices()[0])
-    placement = lambda var, shape: one  # noqa: E731
+    placement = lambda name, var, shape: one  # noqa: E731
   else:
-    placement = lambda var, shape: sharding_for(variable_axes(var), shape, mesh)  # noqa: E731
+    placement = lambda name, var, shape: sharding_for(variable_axes(var), shape, mesh, what=name)  # noqa: E731
   state = load_state(cfg, abstract_state, d, placement=placement, param_dtype=param_dtype)
   return nnx.merge(graphdef, state)

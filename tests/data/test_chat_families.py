@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from jaxtune.config import SourceCfg
 from jaxtune.data import chat, records
 from jaxtune.data.examples import load_examples
 from jaxtune.data.messages import Conversation
@@ -200,7 +201,7 @@ SYSTEM_CHATS = [{"messages": [{"role": S, "content": f"Answer in {w} words."},
 
 
 def test_dropped_system_messages_are_counted_and_warned_once(tmp_path, family_tok, caplog):
-  src = type("Src", (), {"path": write_jsonl(tmp_path / "s.jsonl", SYSTEM_CHATS), "format": "messages", "weight": 1.0})
+  src = SourceCfg(path=write_jsonl(tmp_path / "s.jsonl", SYSTEM_CHATS), format="messages")
   tok = family_tok("mistral_v03")
   with caplog.at_level("WARNING"):
     store, stats = load_examples([src], tok, seq_len=256)
@@ -219,7 +220,7 @@ def test_dropped_system_messages_are_counted_and_warned_once(tmp_path, family_to
 
 
 def test_system_role_refused_or_merged(tmp_path, family_tok):
-  src = type("Src", (), {"path": write_jsonl(tmp_path / "s.jsonl", SYSTEM_CHATS), "format": "messages", "weight": 1.0})
+  src = SourceCfg(path=write_jsonl(tmp_path / "s.jsonl", SYSTEM_CHATS), format="messages")
   gemma2 = family_tok("gemma2")
   with pytest.raises(Exception, match="System role not supported"):
     load_examples([src], gemma2, seq_len=256)  # every record dropped: the error names the reason
@@ -235,7 +236,7 @@ def test_system_role_refused_or_merged(tmp_path, family_tok):
 
 def test_stats_count_reasoning_and_tool_examples(tmp_path, family_tok):
   rows = [{"messages": REASONING}, {"messages": TOOL_CHAT, "tools": TOOLS}, SYSTEM_CHATS[0]]
-  srcs = [type("Src", (), {"path": write_jsonl(tmp_path / name, r), "format": "auto", "weight": 1.0})
+  srcs = [SourceCfg(path=write_jsonl(tmp_path / name, r), format="auto")
           for name, r in (("m.jsonl", rows), ("s.jsonl", [TOOL_SHAREGPT]))]
   _, stats = load_examples(srcs, family_tok("qwen3"), seq_len=1024)
   assert (stats.examples, stats.examples_with_reasoning, stats.examples_with_tool_calls) == (4, 3, 2)
@@ -309,7 +310,7 @@ def test_reasoning_and_system_config_keys():
 
 
 def test_pipeline_passes_reasoning_and_system_settings(tmp_path, family_tok):
-  from jaxtune.config import DataCfg, SourceCfg
+  from jaxtune.config import DataCfg
   from jaxtune.data.pipeline import build_pipeline
   data = write_jsonl(tmp_path / "d.jsonl", SYSTEM_CHATS + [{"messages": REASONING}])
   build = lambda name, **kw: build_pipeline(DataCfg(train=(SourceCfg(path=data),), seq_len=256, **kw),

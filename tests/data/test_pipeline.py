@@ -9,7 +9,8 @@ import pytest
 
 from jaxtune.config import DataCfg, SourceCfg
 from jaxtune.data import packing
-from jaxtune.data.examples import DataError, load_examples
+from jaxtune.data.examples import load_examples
+from jaxtune.errors import DataError
 from jaxtune.data.pipeline import build_pipeline
 from tests.data.conftest import conv, write_jsonl
 

@@ -13,9 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jaxtune import io as jio
 from jaxtune.config import SourceCfg
 from jaxtune.data import cache, hf_datasets, pretokenized, records
-from jaxtune.data.examples import DataError, load_examples
+from jaxtune.data.examples import load_examples
+from jaxtune.errors import DataError
 from jaxtune.data.pretokenized import write_pretokenized
 from tests.data.conftest import conv, write_jsonl
 
@@ -131,13 +133,13 @@ def test_pretokenized_rows_in_json_files(tmp_path, chatml_tok):
 def remote(monkeypatch):
   """Every path is treated as remote: read through etils.epath (its local backend here)."""
   calls = []
-  real = records._epath
+  real = jio.Path
 
   def spy(path):
     calls.append(path)
     return real(path)
-  monkeypatch.setattr(records, "is_remote", lambda path: True)
-  monkeypatch.setattr(records, "_epath", spy)
+  monkeypatch.setattr(jio, "is_remote", lambda path: True)
+  monkeypatch.setattr(jio, "Path", spy)
   return calls
 
 

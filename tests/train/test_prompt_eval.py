@@ -1,17 +1,16 @@
-"""Eval prompts during training: the prompt file's forms, bad records, and the samples/metrics a run writes."""
+"""Eval prompts during training: exact match, the token budget, and the samples/metrics a run writes."""
 
 import importlib.util
 import json
-import logging
 import os
 
 import pytest
 
 import jaxtune
 from jaxtune.config import Config
-from jaxtune.data.examples import DataError
 from jaxtune.generate import generate
-from jaxtune.train.prompt_eval import exact_match, new_token_budget, read_eval_prompts
+from jaxtune.data.prompts import read_prompts
+from jaxtune.train.prompt_eval import exact_match, new_token_budget
 from tests.helpers.cli import ROOT, chat_records
 from tests.helpers.hf_models import make_tiny_chat_model
 from tests.helpers.tokenizers import make_tokenizer
@@ -24,41 +23,14 @@ def _write_jsonl(path, rows):
   return str(path)
 
 
-def test_prompt_forms(tmp_path, caplog):
-  path = _write_jsonl(tmp_path / "p.jsonl", [
-      {"messages": [USER]},  # no reference
-      {"messages": [USER, {"role": "assistant", "content": "apple river"}]},  # trailing turn = reference
-      {"messages": [USER, {"role": "assistant", "content": "x"}], "reference": "apple river"},  # explicit wins
-      {"prompt": "Say hi.", "reference": "hi", "system": "Be brief."},
-      {"instruction": "Add 2 and 3.", "output": "5"},  # alpaca: output = reference
-      "{not json",
-      {"messages": [{"role": "assistant", "content": "nothing to reply to"}]},
-  ])
-  with caplog.at_level(logging.WARNING):
-    prompts = read_eval_prompts(path)
-  assert [p.reference for p in prompts] == [None, "apple river", "apple river", "hi", "5"]
-  assert all(p.messages[-1]["role"] == "user" for p in prompts)
-  assert prompts[3].messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
-  assert prompts[1].where == f"{path}:2"
-  assert "skipped 2 malformed" in caplog.text and f"{path}:6" in caplog.text
-  with pytest.raises(DataError, match=f"{path}:6"):
-    read_eval_prompts(path, strict=True)
-
-
-def test_no_usable_prompt_is_an_error(tmp_path):
-  path = _write_jsonl(tmp_path / "p.jsonl", [{"messages": []}])
-  with pytest.raises(DataError, match="no usable prompt"):
-    read_eval_prompts(path)
-
-
 def test_exact_match_and_budget(tmp_path):
   assert exact_match(" 42\n", "42") and not exact_match("4 2", "42")
   _, tok = make_tokenizer(str(tmp_path))
   path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "reference": "abc"}, {"prompt": "b", "reference": "a"}])
-  prompts = read_eval_prompts(path)
+  prompts = read_prompts(path)
   assert new_token_budget(tok, prompts) == len(tok("abc", add_special_tokens=False)["input_ids"]) + 8
   assert new_token_budget(tok, prompts, 5) == 5
-  assert new_token_budget(tok, read_eval_prompts(_write_jsonl(tmp_path / "q.jsonl", [{"prompt": "a"}]))) == 256
+  assert new_token_budget(tok, read_prompts(_write_jsonl(tmp_path / "q.jsonl", [{"prompt": "a"}]))) == 256
 
 
 def _tiny_config(model_dir, data, run_dir, **overrides):

@@ -12,7 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from jaxtune import mesh as mesh_lib
-from jaxtune.weights import CheckpointError, load_pretrained
+from jaxtune.errors import CheckpointError
+from jaxtune.weights import load_pretrained
 from tests.helpers.hf_models import cached_tiny_hf, hf_logits, make_tiny_hf, rel_err
 
 

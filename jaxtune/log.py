@@ -1,0 +1,120 @@
+"""The one logger of the command line: `jaxtune` (every module logs to a child of it).
+
+`setup()` (called by the CLI) sends INFO lines to stdout and warnings to stderr as
+`warning: ...`, both through `tqdm.write` so that they never break a progress bar.
+With several processes only process 0 prints INFO; every process prints warnings.
+Progress bars come from `progress()`: on process 0 only, silent under `--quiet`,
+and when stdout is not a terminal replaced by a one-line summary every `every_s`.
+Library use (and pytest) leaves logging alone: records propagate to the root logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+ROOT = "jaxtune"
+_QUIET = False
+
+
+def _process_index() -> int:
+  jax = sys.modules.get("jax")
+  try:
+    return jax.process_index() if jax is not None else 0
+  except Exception:  # noqa: BLE001 - a backend not initialised yet: treat as process 0
+    return 0
+
+
+class _Handler(logging.Handler):
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      if record.levelno < logging.WARNING:
+        if _process_index() == 0 and not _QUIET:
+          tqdm.write(self.format(record), file=sys.stdout)
+          sys.stdout.flush()
+      else:
+        prefix = "warning: " if record.levelno < logging.ERROR else "error: "
+        tqdm.write(prefix + self.format(record), file=sys.stderr)
+    except Exception:  # noqa: BLE001 - logging must never take the program down
+      self.handleError(record)
+
+
+def setup(level: str | int = "INFO", *, quiet: bool = False) -> None:
+  """Routes the `jaxtune` logger to stdout/stderr (see the module docstring); other libraries' records go to
+  stderr at WARNING and above."""
+  global _QUIET
+  _QUIET = quiet
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logger = logging.getLogger(ROOT)
+  logger.handlers[:] = [_Handler()]
+  logger.setLevel(level)
+  logger.propagate = False
+
+
+def quiet() -> bool:
+  return _QUIET
+
+
+class progress:  # noqa: N801 - used like tqdm
+  """A tqdm bar on process 0 of a terminal; elsewhere (a log file, a pipe) a one-line summary every
+  `every_s` seconds and at the end; nothing under `--quiet` or on other processes."""
+
+  def __init__(self, iterable: Iterable | None = None, *, total: float | None = None, desc: str = "",
+               unit: str = "it", initial: float = 0, every_s: float = 30.0):
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+      total = len(iterable)
+    self.iterable, self.total, self.desc, self.unit, self.every_s = iterable, total, desc, unit, every_s
+    self.n = self._start = initial
+    self._t0 = self._last = time.perf_counter()
+    self.postfix = ""
+    enabled = _process_index() == 0 and not _QUIET
+    self._bar = (tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
+                 if enabled and sys.stdout.isatty() else None)
+    self._summaries = enabled and self._bar is None
+
+  def __iter__(self):
+    for x in self.iterable:
+      yield x
+      self.update(1)
+    self.close()
+
+  def update(self, n: float = 1) -> None:
+    self.n += n
+    if self._bar is not None:
+      self._bar.update(n)
+    elif self._summaries and time.perf_counter() - self._last >= self.every_s:
+      self._summary()
+
+  def set_postfix(self, **kw: Any) -> None:
+    self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+    if self._bar is not None:
+      self._bar.set_postfix(**kw)
+
+  def _summary(self, final: bool = False) -> None:
+    self._last = time.perf_counter()
+    dt = self._last - self._t0
+    rate = (self.n - self._start) / dt if dt > 0 else 0.0
+    done = f"{self.n:,.0f}/{self.total:,.0f}" if self.total else f"{self.n:,.0f}"
+    eta = f", ETA {max(self.total - self.n, 0) / rate:,.0f}s" if self.total and rate > 0 and not final else ""
+    tqdm.write(f"{self.desc + ': ' if self.desc else ''}{done} {self.unit} ({rate:,.2f} {self.unit}/s{eta})"
+               + (f", {self.postfix}" if self.postfix else "") + (" - done" if final else ""), file=sys.stdout)
+    sys.stdout.flush()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    elif self._summaries:
+      self._summaries = False
+      self._summary(final=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,0 +1,19 @@
+"""Training objectives, one module each; `for_config(cfg)` picks the one `train.objective` names."""
+
+from __future__ import annotations
+
+from jaxtune.errors import ConfigError
+from jaxtune.train.objectives.base import Objective, Policy, PrepareContext
+from jaxtune.train.objectives.sft import SFT
+
+OBJECTIVES: dict[str, type[Objective]] = {SFT.name: SFT}
+
+
+def for_config(cfg) -> Objective:
+  if cfg.train.objective not in OBJECTIVES:
+    raise ConfigError(f"config key 'train.objective': {cfg.train.objective!r} is not implemented; "
+                      f"have {sorted(OBJECTIVES)}")
+  return OBJECTIVES[cfg.train.objective].from_config(cfg)
+
+
+__all__ = ["Objective", "Policy", "PrepareContext", "OBJECTIVES", "for_config", "SFT"]
