@@ -244,10 +244,13 @@ def test_stats_count_reasoning_and_tool_examples(tmp_path, family_tok):
   assert dropped.examples_with_reasoning == 3  # counted in the data, whatever is trained
 
 
-def test_template_tokens_are_single_tokens_after_loading(family_tok):
+def test_template_tokens_are_single_tokens_after_loading(family_tok, tmp_path):
   mistral = family_tok("mistral_v03")
+  mistral.save_pretrained(str(tmp_path / "saved"))
+  reloaded = chat.load_tokenizer(str(tmp_path / "saved"))  # as export / a resumed run load it
   for t in ("[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]"):
     assert len(mistral.encode(t, add_special_tokens=False)) == 1, t
+    assert reloaded.encode(t, add_special_tokens=False) == mistral.encode(t, add_special_tokens=False), t
   ids, _ = chat.tokenize_messages(SYSTEM_CHATS[0]["messages"][1:], mistral)
   assert (ids == mistral.convert_tokens_to_ids("[INST]")).sum() == 1
   assert (ids == mistral.convert_tokens_to_ids("[/INST]")).sum() == 1
