@@ -22,6 +22,7 @@ import numpy as np
 from jaxtune.data import chat, packing, records
 from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
 
+log = logging.getLogger(__name__)
 _BATCH = 256  # conversations per tokenizer call
 MAX_SAMPLES_PER_REASON = 10
 
@@ -256,7 +257,7 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
     raise DataError(f"no valid example in {stats.records} records (shard {shard_index}/{shard_count}): "
                     f"{stats.reasons()}")
   stats.examples = builder.n
-  logging.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
+  log.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
                stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
   return builder.build(), stats
 
@@ -322,7 +323,7 @@ class _Tokenize:
         stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
       if res.not_rendered and not self.warned:
         self.warned = True
-        logging.warning(
+        log.warning(
             "data: the chat template does not render the content of some messages (roles %s at %s, for one); "
             "they are counted in data stats (messages_not_rendered)%s", sorted(set(res.not_rendered)), where,
             "; data.system=merge_into_first_user puts system messages into the first user turn"
