@@ -268,16 +268,17 @@ def cmd_data(argv: list[str]) -> int:
       for k, v in s.items():
         print(f"{k:>20}: {v}")
     return 0
-  examples = report.inspect(cfg, a.n)
-  if a.json:
-    for ex in examples:
-      print(json.dumps({"input_ids": ex["input_ids"], "loss_mask": ex["loss_mask"]}))
-  else:
-    from jaxtune.data.chat import load_tokenizer
-    tok = load_tokenizer(cfg.model.path, cfg.data.chat_template)
-    for i, ex in enumerate(examples):
-      print(f"--- example {i} ({len(ex['input_ids'])} tokens, {sum(ex['loss_mask'])} trained) ---")
-      print(report.render_example(tok, ex["input_ids"], ex["loss_mask"]))
+  examples = report.inspect(cfg, a.n, color=sys.stdout.isatty())
+  tokens = lambda ex: {"input_ids": ex["input_ids"], "loss_mask": ex["loss_mask"]}  # noqa: E731
+  for i, ex in enumerate(examples):
+    sides = {"chosen": ex["chosen"], "rejected": ex["rejected"]} if "chosen" in ex else {"": ex}
+    if a.json:
+      print(json.dumps({k: tokens(v) for k, v in sides.items()} if "chosen" in ex else tokens(ex)))
+      continue
+    for name, side in sides.items():
+      label = f"{'pair' if name else 'example'} {i}{' ' + name if name else ''}"
+      print(f"--- {label} ({len(side['input_ids'])} tokens, {sum(side['loss_mask'])} trained) ---")
+      print(side["text"])
   return 0
 
 

@@ -16,3 +16,10 @@ def tiny_run(tmp_path_factory):
   """The one tiny trained run tests share (tests/helpers/runs.py)."""
   from tests.helpers.runs import train_tiny_run
   return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dpo(tmp_path_factory):
+  """A tiny model and preference pairs (no training) for DPO tests (tests/helpers/runs.py)."""
+  from tests.helpers.runs import make_tiny_dpo
+  return make_tiny_dpo(tmp_path_factory.mktemp("tiny_dpo"))

@@ -20,7 +20,8 @@ from jaxtune import io
 from jaxtune.data import hf_datasets, records
 from jaxtune.data.examples import DataStats, ExampleStore
 
-VERSION = 2  # bump when the store's contents change meaning
+# bump when the store's contents change meaning (2: sequences per example; 3: stats of reasoning, tools, lost messages)
+VERSION = 3
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -62,7 +63,8 @@ def load(cache_dir: str, key: str) -> tuple[ExampleStore, DataStats] | None:
   if not io.exists(path):
     return None
   with np.load(_stdio.BytesIO(io.read_bytes(path))) as z:
-    store = ExampleStore(z["tokens"], z["mask"], z["offsets"], tuple(int(b) for b in z["source_bounds"]))
+    store = ExampleStore(z["tokens"], z["mask"], z["offsets"], tuple(int(b) for b in z["source_bounds"]),
+                         group=int(z["group"]))
     stats = DataStats(**json.loads(str(z["stats"])))
   return store, stats
 
@@ -74,7 +76,7 @@ def save(cache_dir: str, key: str, store: ExampleStore, stats: DataStats) -> str
     raise ValueError("only a full store is cached, not a view")
   buf = _stdio.BytesIO()
   np.savez(buf, tokens=store.tokens, mask=store.mask, offsets=store.offsets,
-           source_bounds=np.asarray(store.source_bounds, np.int64),
+           source_bounds=np.asarray(store.source_bounds, np.int64), group=np.asarray(store.group),
            stats=np.asarray(json.dumps(dataclasses.asdict(stats))))
   path = _path(cache_dir, key)
   io.write_bytes(path, buf.getvalue())

@@ -419,7 +419,7 @@ def encode_batch(conversations: Sequence[Conversation | Sequence[dict]], tokeniz
     return [_guard(lambda c=c: _generation_mask(c, tokenizer, mask, reasoning, system)) for c in convs]
   prepared: list[Any] = [_guard(lambda c=c: layout(c, tokenizer, mask, reasoning=reasoning, system=system))
                          for c in convs]
-  enc = iter(_encode_with_offsets(tokenizer, [p.text for p in prepared if not isinstance(p, DropExample)]))
+  enc = iter(encode_texts(tokenizer, [p.text for p in prepared if not isinstance(p, DropExample)]))
   results = []
   for p in prepared:
     if isinstance(p, DropExample):
@@ -438,7 +438,7 @@ def _flags(conv: Conversation) -> tuple[bool, bool]:
           any(m.get("role") == "assistant" and bool(m.get("tool_calls")) for m in conv.messages))
 
 
-def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def encode_texts(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
   """(ids int32 [n], char offsets int64 [n, 2]) per text, no special tokens added.
 
   Straight through the Rust tokenizer (what the fast tokenizer's __call__ runs,

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxtune.data import chat, packing, records
+from jaxtune.data import packing as packing_lib
 from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
 
 log = logging.getLogger(__name__)
@@ -92,22 +93,39 @@ class ExampleStore:
   """
   tokens: np.ndarray  # int32 [total]
   mask: np.ndarray  # uint8 [total]
-  offsets: np.ndarray  # int64 [stored + 1]
+  offsets: np.ndarray  # int64 [stored sequences + 1]
   source_bounds: tuple[int, ...]  # example index where each source starts, + n
   index: np.ndarray | None = None  # int64 [n]: a view's stored examples; None: all, in order
+  group: int = 1  # sequences per example: 1 (SFT), 2 (a preference pair: chosen, rejected)
 
   def __len__(self) -> int:
-    return len(self.offsets) - 1 if self.index is None else len(self.index)
+    return (len(self.offsets) - 1) // self.group if self.index is None else len(self.index)
 
-  def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-    j = i if self.index is None else int(self.index[i])
+  def _stored(self, i: int) -> int:
+    return i if self.index is None else int(self.index[i])
+
+  def sequence(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stored sequence j: (ids, mask)."""
     a, b = self.offsets[j], self.offsets[j + 1]
     return self.tokens[a:b], self.mask[a:b].astype(np.int32)
 
+  def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Example i of a one-sequence store: (ids, mask)."""
+    return self.sequence(self._stored(i) * self.group)
+
+  def unit(self, i: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Example i as its sequences: [(stored sequence id, ids, mask), ...]."""
+    first = self._stored(i) * self.group
+    return [(j, *self.sequence(j)) for j in range(first, first + self.group)]
+
+  def _per_example(self, per_sequence: np.ndarray) -> np.ndarray:
+    per = per_sequence.reshape(-1, self.group).sum(axis=1) if self.group > 1 else per_sequence
+    return per if self.index is None else per[self.index]
+
   @property
   def lengths(self) -> np.ndarray:
-    lengths = np.diff(self.offsets)
-    return lengths if self.index is None else lengths[self.index]
+    """Tokens per example (all its sequences)."""
+    return self._per_example(np.diff(self.offsets))
 
   def loss_counts(self) -> np.ndarray:
     """Trained tokens per example."""
@@ -115,7 +133,7 @@ class ExampleStore:
       return np.zeros(len(self), np.int64)
     per = np.add.reduceat(self.mask.astype(np.int64), self.offsets[:-1])
     per[np.diff(self.offsets) == 0] = 0
-    return per if self.index is None else per[self.index]
+    return self._per_example(per)
 
   def select(self, stored: np.ndarray) -> "ExampleStore":
     """A view of the given stored example ids (of a full store), kept in order."""
@@ -123,7 +141,7 @@ class ExampleStore:
       raise ValueError("select() takes a full store, not a view")
     stored = np.sort(np.asarray(stored, np.int64))
     bounds = tuple(int(b) for b in np.searchsorted(stored, self.source_bounds))
-    return ExampleStore(self.tokens, self.mask, self.offsets, bounds, stored)
+    return ExampleStore(self.tokens, self.mask, self.offsets, bounds, stored, self.group)
 
   def source_size(self, s: int) -> int:
     return self.source_bounds[s + 1] - self.source_bounds[s]
@@ -169,13 +187,18 @@ def split_holdout(store: ExampleStore, stats: DataStats, fraction: float,
 
 
 class _Builder:
-  def __init__(self):
+  def __init__(self, group: int = 1):
     self.ids, self.masks, self.bounds = [], [], [0]
-    self.n = 0
+    self.n = 0  # examples
+    self.group = group
 
-  def add(self, ids: np.ndarray, mask: np.ndarray) -> None:
-    self.ids.append(ids)
-    self.masks.append(mask.astype(np.uint8))
+  def add(self, *sequences: tuple[np.ndarray, np.ndarray]) -> None:
+    """One example: `group` (ids, mask) sequences."""
+    if len(sequences) != self.group:
+      raise ValueError(f"an example has {self.group} sequences, got {len(sequences)}")
+    for ids, mask in sequences:
+      self.ids.append(ids)
+      self.masks.append(mask.astype(np.uint8))
     self.n += 1
 
   def end_source(self) -> None:
@@ -185,12 +208,14 @@ class _Builder:
     lengths = np.array([len(x) for x in self.ids], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
-    return ExampleStore(cat(self.ids, np.int32), cat(self.masks, np.uint8), offsets, tuple(self.bounds))
+    return ExampleStore(cat(self.ids, np.int32), cat(self.masks, np.uint8), offsets, tuple(self.bounds),
+                        group=self.group)
 
 
 def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_count: int,
-                   file_counts: dict):
-  """Yields (where, file, messages or (ids, loss_mask)) of a source's records in this shard."""
+                   file_counts: dict, convert=records.convert):
+  """Yields (where, file, convert(record, format)) of a source's records in this shard: messages or
+  (ids, loss_mask) for SFT, a preference.Pair for preference data."""
   k = -1
   split, subset = src.split, src.subset
   for file in records.expand(src.path):
@@ -206,7 +231,7 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
       file_counts[file][0] += 1
       where = records.where(f, n)
       try:
-        yield where, file, records.convert(rec, fmt or "auto")
+        yield where, file, convert(rec, fmt or "auto")
       except records.MalformedRecord as e:
         if strict:
           raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
@@ -215,13 +240,15 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
 
 def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assistant",
                   overlong: str = "drop", strict: bool = False, shard_index: int = 0,
-                  shard_count: int = 1, max_examples: int | None = None, reasoning: str = "train",
+                  shard_count: int = 1, max_examples: int | None = None, preference: bool = False,
+                  packing: bool = True, reasoning: str = "train",
                   system: str = "keep") -> tuple[ExampleStore, DataStats]:
   """Reads, validates and tokenizes `sources` (SourceCfg-like) into a store.
 
-  `reasoning` / `system`: `data.reasoning` (train | drop) and `data.system`
-  (keep | merge_into_first_user), see `messages.for_template`.
-
+  With `preference`, records are preference pairs (jaxtune.data.preference) and each example is two
+  sequences, chosen and rejected, fitted to seq_len together (`packing`: one row) or each on its own.
+  `reasoning` / `system`: `data.reasoning` (train | drop) and `data.system` (keep | merge_into_first_user),
+  see `messages.for_template`.
   Raises DataError on the first bad record when `strict`; when a file (with
   one shard) or the whole split has no valid example, with the drop reasons.
   """
@@ -229,20 +256,28 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
     raise DataError("no data sources given")
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
-  stats, builder, file_counts = DataStats(), _Builder(), {}
-  tk = _Tokenize(tokenizer, builder, stats, file_counts, seq_len=seq_len, mask=mask, overlong=overlong,
-                 strict=strict, reasoning=reasoning, system=system)
+  from jaxtune.data import preference as pref
+  stats, builder, file_counts = DataStats(), _Builder(pref.GROUP if preference else 1), {}
+  vocab = len(tokenizer)
+  if preference:
+    convert = lambda rec, fmt: pref.to_pair(rec)  # noqa: E731
+    tokenize = lambda items: _tokenize_pairs(items, tokenizer, builder, stats, file_counts, seq_len, packing,  # noqa: E731
+                                             overlong, strict)
+  else:
+    convert = records.convert
+    tokenize = lambda items: _tokenize(items, tokenizer, builder, stats, file_counts, seq_len, mask,  # noqa: E731
+                                       overlong, strict, vocab, reasoning=reasoning, system=system)
   for src in sources:
     before = (stats.records, builder.n, stats.tokens)
     pending: list = []
-    for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts):
+    for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts, convert):
       pending.append(item)
       if len(pending) == _BATCH:
-        tk(pending)
+        tokenize(pending)
         pending = []
       if max_examples is not None and builder.n + len(pending) >= max_examples:
         break
-    tk(pending)
+    tokenize(pending)
     builder.end_source()
     stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
                           "records": stats.records - before[0], "examples": builder.n - before[1],
@@ -258,7 +293,7 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
                     f"{stats.reasons()}")
   stats.examples = builder.n
   log.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
-               stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
+           stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
   return builder.build(), stats
 
 
@@ -273,58 +308,81 @@ def _pretokenized(ids: np.ndarray, loss_mask: np.ndarray, vocab: int, mask: str)
   return ids, (np.ones_like(loss_mask) if mask == "none" else loss_mask)
 
 
-class _Tokenize:
-  """Tokenizes batches of (where, file, conversation or pre-tokenized arrays) into the builder,
-  counting drops and what the template did with the messages in the stats."""
+def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict,
+              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int, *, reasoning: str,
+              system: str) -> None:
+  if not items:
+    return
+  chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
+  results: list = [None] * len(items)
+  encoded = chat.encode_batch([items[i][2] for i in chats], tokenizer, mask, reasoning=reasoning,
+                              system=system) if chats else []
+  for i, res in zip(chats, encoded):
+    results[i] = res
+  for (where, file, payload), res in zip(items, results):
+    try:
+      if isinstance(payload, tuple):
+        res = chat.Encoded(*_pretokenized(*payload, vocab=vocab, mask=mask))
+      if isinstance(res, chat.DropExample):
+        raise res
+      ids, loss_mask, truncated = packing.prepare_example(res.ids, res.loss_mask, seq_len=seq_len,
+                                                          overlong=overlong)
+    except (records.MalformedRecord, chat.DropExample) as e:
+      _note_drop(stats, where, e, strict)
+      continue
+    builder.add((ids, loss_mask))
+    file_counts[file][1] += 1
+    stats.truncated += truncated
+    stats.tokens += len(ids)
+    stats.loss_tokens += int(loss_mask.sum())
+    _note_rendering(stats, where, res)
 
-  def __init__(self, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict, *, seq_len: int,
-               mask: str, overlong: str, strict: bool, reasoning: str, system: str):
-    self.tokenizer, self.builder, self.stats, self.file_counts = tokenizer, builder, stats, file_counts
-    self.seq_len, self.mask, self.overlong, self.strict = seq_len, mask, overlong, strict
-    self.options = {"reasoning": reasoning, "system": system}
-    self.vocab = len(tokenizer)
-    self.warned = False
 
-  def __call__(self, items) -> None:
-    if not items:
-      return
-    stats = self.stats
-    chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
-    results: list = [None] * len(items)
-    encoded = chat.encode_batch([items[i][2] for i in chats], self.tokenizer, self.mask, **self.options) if chats else []
-    for i, res in zip(chats, encoded):
-      results[i] = res
-    for (where, file, payload), res in zip(items, results):
-      try:
-        if isinstance(payload, tuple):
-          res = chat.Encoded(*_pretokenized(*payload, vocab=self.vocab, mask=self.mask))
-        if isinstance(res, chat.DropExample):
-          raise res
-        ids, loss_mask, truncated = packing.prepare_example(res.ids, res.loss_mask, seq_len=self.seq_len,
-                                                            overlong=self.overlong)
-      except records.MalformedRecord as e:
-        if self.strict:
-          raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
-        stats.note(where, e.reason, e.detail, malformed=True)
-        continue
-      except chat.DropExample as e:
-        if self.strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
-          raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e
-        stats.note(where, e.reason, e.detail)
-        continue
-      self.builder.add(ids, loss_mask)
-      self.file_counts[file][1] += 1
-      stats.truncated += truncated
-      stats.tokens += len(ids)
-      stats.loss_tokens += int(loss_mask.sum())
-      stats.examples_with_reasoning += res.reasoning
-      stats.examples_with_tool_calls += res.tool_calls
-      for role in res.not_rendered:
-        stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
-      if res.not_rendered and not self.warned:
-        self.warned = True
-        log.warning(
-            "data: the chat template does not render the content of some messages (roles %s at %s, for one); "
-            "they are counted in data stats (messages_not_rendered)%s", sorted(set(res.not_rendered)), where,
-            "; data.system=merge_into_first_user puts system messages into the first user turn"
-            if "system" in res.not_rendered else "")
+def _note_rendering(stats: DataStats, where: str, res: chat.Encoded) -> None:
+  """Counts reasoning, tool calls and the messages the template lost; warns at the first lost one."""
+  stats.examples_with_reasoning += res.reasoning
+  stats.examples_with_tool_calls += res.tool_calls
+  if res.not_rendered and not stats.messages_not_rendered:
+    log.warning("data: the chat template does not render the content of some messages (roles %s at %s, for one); "
+                "they are counted in data stats (messages_not_rendered)%s", sorted(set(res.not_rendered)), where,
+                "; data.system=merge_into_first_user puts system messages into the first user turn"
+                if "system" in res.not_rendered else "")
+  for role in res.not_rendered:
+    stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
+
+
+def _note_drop(stats: DataStats, where: str, e: Exception, strict: bool) -> None:
+  """Counts a record that yields no example (or fails the run in strict mode)."""
+  if isinstance(e, records.MalformedRecord):
+    if strict:
+      raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
+    stats.note(where, e.reason, e.detail, malformed=True)
+    return
+  if strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
+    raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e
+  stats.note(where, e.reason, e.detail)
+
+
+def _tokenize_pairs(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict, seq_len: int,
+                    packing: bool, overlong: str, strict: bool) -> None:
+  from jaxtune.data import preference as pref
+  if not items:
+    return
+  for (where, file, _), res in zip(items, pref.encode_pairs([p for _, _, p in items], tokenizer)):
+    try:
+      if isinstance(res, chat.DropExample):
+        raise res
+      c_ids, c_mask, r_ids, r_mask, truncated = pref.fit_pair(*res, seq_len=seq_len, packed=packing,
+                                                               overlong=overlong)
+      sides = []
+      for ids, mask in ((c_ids, c_mask), (r_ids, r_mask)):
+        ids, mask, _ = packing_lib.prepare_example(ids, mask, seq_len=seq_len, overlong="drop")
+        sides.append((ids, mask))
+    except (records.MalformedRecord, chat.DropExample) as e:
+      _note_drop(stats, where, e, strict)
+      continue
+    builder.add(*sides)
+    file_counts[file][1] += 1
+    stats.truncated += truncated
+    stats.tokens += sum(len(ids) for ids, _ in sides)
+    stats.loss_tokens += int(sum(m.sum() for _, m in sides))

@@ -146,3 +146,53 @@ def windows_efficiency(lengths: np.ndarray, seq_len: int, window: int, packing: 
     return float(lengths.sum() / (lengths.size * seq_len))
   n_rows = sum(len(fit(lengths[i:i + window], seq_len)) for i in range(0, lengths.size, window))
   return float(lengths.sum() / (n_rows * seq_len))
+
+
+def pack_units(units: Sequence[Sequence[tuple[int, np.ndarray, np.ndarray]]], seq_len: int, *, pad_id: int = 0,
+               packing: bool = True, segments: int, values: np.ndarray | None = None,
+               fit: Fit = first_fit) -> dict[str, np.ndarray]:
+  """Units of sequences that must stay together (a preference pair: chosen, rejected) -> rows.
+
+  Each unit is a list of (stored sequence id, ids, mask). Packed: whole units share rows (grouped by `fit`,
+  first fit by default, on the units' total lengths), each sequence its own segment, a unit's sequences in
+  consecutive segments.
+  Unpacked: each sequence its own row, a unit's rows consecutive. Besides FIELDS the rows carry
+  `seq_ids` [rows, segments] (the stored sequence in each segment slot, -1 = empty) and, with `values`
+  (a float per stored sequence), `ref_logps` [rows, segments].
+  """
+  lengths = [sum(len(ids) for _, ids, _ in u) for u in units]
+  if packing:
+    rows = [[s for i in members for s in units[i]] for members in fit(lengths, seq_len)]
+  else:
+    rows = [[s] for u in units for s in u]
+  out = {k: np.zeros((len(rows), seq_len), np.int32) for k in FIELDS}
+  out["input_ids"].fill(pad_id)
+  out["seq_ids"] = np.full((len(rows), segments), -1, np.int32)
+  if values is not None:
+    out["ref_logps"] = np.zeros((len(rows), segments), np.float32)
+  for r, members in enumerate(rows):
+    if len(members) > segments:
+      raise ValueError(f"row {r} holds {len(members)} sequences, more than the {segments} segment slots")
+    pos = 0
+    for seg, (sid, ids, mask) in enumerate(members, start=1):
+      n = len(ids)
+      if pos + n > seq_len:
+        raise ValueError(f"a sequence of {n} tokens does not fit row {r} (seq_len={seq_len})")
+      out["input_ids"][r, pos:pos + n] = ids
+      out["loss_mask"][r, pos:pos + n] = mask
+      out["segment_ids"][r, pos:pos + n] = seg
+      out["positions"][r, pos:pos + n] = np.arange(n, dtype=np.int32)
+      out["seq_ids"][r, seg - 1] = sid
+      if values is not None:
+        out["ref_logps"][r, seg - 1] = values[sid]
+      pos += n
+  return out
+
+
+def segment_slots(unit_lengths: np.ndarray, group: int, seq_len: int, packing: bool) -> int:
+  """Segment slots per row that any packing of these units needs: one when unpacked, else `group` per unit
+  for as many of the shortest units as fit a row."""
+  if not packing:
+    return 1
+  shortest = max(int(np.min(unit_lengths)) if len(unit_lengths) else seq_len, 1)
+  return group * max(1, seq_len // shortest)

@@ -41,18 +41,25 @@ class _PackWindow:
 
   Rows are best fit decreasing within the window; their order is a permutation
   seeded by (seed, the window's ids), so longest-first packing does not put the
-  long examples of a window into its first batches.
+  long examples of a window into its first batches. A store of several sequences
+  per example (preference pairs) is packed by `packing.pack_units` into `segments`
+  slots per row, with `values` (set before iterating: reference log-probs) per sequence.
   """
 
-  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool, seed: int):
-    self.store, self.seq_len, self.pad_id, self.pack, self.seed = store, seq_len, pad_id, pack, seed
+  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool, seed: int, segments: int = 0):
+    self.store, self.seq_len, self.pad_id, self.pack, self.segments = store, seq_len, pad_id, pack, segments
+    self.seed = seed
+    self.values: np.ndarray | None = None
 
   def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
     ids = np.atleast_1d(np.asarray(ids, np.int64))
-    examples = [self.store.get(int(i)) for i in ids]
-    order_seed = _seed(self.seed, zlib.crc32(ids.tobytes()))
-    fit = functools.partial(packing.best_fit_decreasing, seed=order_seed)
-    return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack, fit=fit)
+    fit = functools.partial(packing.best_fit_decreasing, seed=_seed(self.seed, zlib.crc32(ids.tobytes())))
+    if self.store.group == 1:
+      examples = [self.store.get(int(i)) for i in ids]
+      return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack, fit=fit)
+    units = [self.store.unit(int(i)) for i in ids]
+    return packing.pack_units(units, self.seq_len, pad_id=self.pad_id, packing=self.pack, segments=self.segments,
+                              values=self.values, fit=fit)
 
 
 class _SplitRows(grain.experimental.FlatMapTransform):
@@ -68,12 +75,14 @@ class _PadBatch:
   def __init__(self, batch_size: int, pad_id: int):
     self.batch_size, self.pad_id = batch_size, pad_id
 
+  FILL = {"seq_ids": -1}  # an empty row's value of each field besides input_ids (pad_id) and the zeros
+
   def __call__(self, batch):
     short = self.batch_size - batch["segment_ids"].shape[0]
     if short <= 0:
       return batch
-    fill = lambda k, v: np.full((short,) + v.shape[1:], self.pad_id if k == "input_ids" else 0, v.dtype)
-    return {k: np.concatenate([v, fill(k, v)]) for k, v in batch.items()}
+    value = lambda k: self.pad_id if k == "input_ids" else self.FILL.get(k, 0)  # noqa: E731
+    return {k: np.concatenate([v, np.full((short,) + v.shape[1:], value(k), v.dtype)]) for k, v in batch.items()}
 
 
 @dataclasses.dataclass
@@ -84,19 +93,48 @@ class Pipeline:
   dataset: grain.IterDataset  # infinite batches
   eval_dataset: grain.IterDataset  # each example once, in file order
   window: int  # examples packed together
+  packer: _PackWindow
+  batch_size: int
+
+  @property
+  def group(self) -> int:
+    """Sequences per example (2 for preference pairs)."""
+    return self.store.group
 
   def iterator(self) -> grain.DatasetIterator:
-    """Infinite, checkpointable iterator of {field: int32 [batch, seq_len]}."""
+    """Infinite, checkpointable iterator of {field: [batch, ...]} (int32 token fields [batch, seq_len])."""
     return iter(self.dataset)
 
-  def one_pass(self) -> grain.DatasetIterator:
-    """Every example of this shard exactly once (no shuffle, no weights); the
-    last batch is padded with empty rows. For evaluation."""
-    return iter(self.eval_dataset)
+  def one_pass(self, units: np.ndarray | None = None) -> grain.DatasetIterator:
+    """Every example of this shard exactly once (no shuffle, no weights), or only the examples `units`, in
+    order; the last batch is padded with empty rows. For evaluation and reference passes."""
+    if units is None:
+      return iter(self.eval_dataset)
+    return iter(_one_pass(grain.MapDataset.source(np.asarray(units, np.int64)), self.window, self.packer,
+                          self.batch_size, _pad_id_of(self.packer)))
+
+  def set_values(self, values: np.ndarray) -> None:
+    """A float per stored sequence (reference log-probs), carried in the rows as `ref_logps`; set before
+    iterating."""
+    if len(values) != len(self.store.offsets) - 1:
+      raise ValueError(f"{len(values)} values for {len(self.store.offsets) - 1} stored sequences")
+    self.packer.values = np.asarray(values, np.float32)
 
 
 def _seed(seed: int, *salt: int) -> int:
   return int(np.random.SeedSequence([seed % (1 << 63), *salt]).generate_state(1)[0])
+
+
+def _pad_id_of(packer: _PackWindow) -> int:
+  return packer.pad_id
+
+
+def _one_pass(ids: grain.MapDataset, window: int, packer: _PackWindow, batch_size: int, pad_id: int):
+  """Batches of the examples `ids` (a MapDataset of example ids) once, in order, the last one padded."""
+  read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+  once = ids.batch(window).map(packer)
+  once = grain.experimental.FlatMapIterDataset(once.to_iter_dataset(read), _SplitRows())
+  return once.batch(batch_size).map(_PadBatch(batch_size, pad_id))
 
 
 def _pad_id(tokenizer) -> int:
@@ -155,13 +193,16 @@ def _stream(store: ExampleStore, weights: list[float], seed: int) -> grain.MapDa
 _LAST: dict = {}  # {key: (store, stats)} of the last held-out load (train and eval splits share it)
 
 
-def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, reuse: bool = False):
+def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, reuse: bool = False,
+              preference: bool = False):
   """load_examples, through the on-disk cache when data.cache_dir is set; with `reuse`,
   the last result for the same key is returned again (in this process) instead of
   tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
                   strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count,
                   reasoning=data_cfg.reasoning, system=data_cfg.system)
+  if preference:  # pairs are fitted to rows differently packed and unpacked
+    settings.update(preference=True, packing=data_cfg.packing)
   cache_dir = data_cfg.cache_dir
   if not cache_dir and not reuse:
     return load_examples(sources, tokenizer, **settings)
@@ -184,11 +225,12 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
 
 
 def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_index: int = 0,
-                   shard_count: int = 1, split: str = "train") -> Pipeline:
+                   shard_count: int = 1, split: str = "train", preference: bool = False) -> Pipeline:
   """Reads, tokenizes and wires a split for process `shard_index` of `shard_count`.
 
   Records are assigned to shards round-robin before tokenization, so shards are
-  disjoint and together cover the data. `batch_size` is this process's rows.
+  disjoint and together cover the data. `batch_size` is this process's rows. With
+  `preference` the examples are preference pairs (two sequences that stay together).
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r} not in ('train', 'eval')")
@@ -199,7 +241,8 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
     raise DataError(f"no data.{split} sources configured" + (" (nor data.eval_fraction)" if split == "eval" else ""))
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  store, stats = _examples(data_cfg, sources, tokenizer, shard_index, shard_count, reuse=held_out)
+  store, stats = _examples(data_cfg, sources, tokenizer, shard_index, shard_count, reuse=held_out,
+                           preference=preference)
   if held_out:
     store, stats = split_holdout(store, stats, fraction, data_cfg.eval_seed)[split]
   seq_len, pack, pad_id = data_cfg.seq_len, data_cfg.packing, _pad_id(tokenizer)
@@ -207,7 +250,10 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   order = np.random.default_rng(_seed(seed, 1 << 20)).permutation(len(store))[:MAX_EFFICIENCY_EXAMPLES]
   stats.packing_efficiency = packing.windows_efficiency(store.lengths[order], seq_len, window, pack,
                                                        fit=packing.best_fit_decreasing)
-  packer = _PackWindow(store, seq_len, pad_id, pack, _seed(seed, 1 << 21))
+  if not pack:  # each sequence of an example (a pair's two sides) takes its own row
+    stats.packing_efficiency /= store.group
+  segments = packing.segment_slots(store.lengths, store.group, seq_len, pack) if store.group > 1 else 0
+  packer = _PackWindow(store, seq_len, pad_id, pack, _seed(seed, 1 << 21), segments)
   read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
   train = _stream(store, [s.weight for s in sources], seed).batch(window).map(packer)
@@ -219,7 +265,6 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
       flags.FLAGS.mark_as_parsed()
     train = train.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
 
-  once = grain.MapDataset.range(len(store)).batch(window).map(packer)
-  once = grain.experimental.FlatMapIterDataset(once.to_iter_dataset(read), _SplitRows())
-  once = once.batch(batch_size).map(_PadBatch(batch_size, pad_id))
-  return Pipeline(stats=stats, store=store, dataset=train, eval_dataset=once, window=window)
+  once = _one_pass(grain.MapDataset.range(len(store)), window, packer, batch_size, pad_id)
+  return Pipeline(stats=stats, store=store, dataset=train, eval_dataset=once, window=window, packer=packer,
+                  batch_size=batch_size)

@@ -43,6 +43,7 @@ from jaxtune.errors import DataError, MissingPathError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 PRETOKENIZED = "pretokenized"
+PREFERENCE = "preference"  # jaxtune.data.preference; trained by train.objective=dpo
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -191,6 +192,8 @@ def detect_format(record: Any) -> str | None:
     return None
   if "input_ids" in record:
     return PRETOKENIZED
+  if "chosen" in record and "rejected" in record:
+    return PREFERENCE
   if "messages" in record:
     return "messages"
   if "conversations" in record:
@@ -236,6 +239,9 @@ def to_conversation(record: Any, fmt: str, *, require_reply: bool = True) -> Con
     fmt = detect_format(record) or ""
     if not fmt:
       raise MalformedRecord("unknown_schema", f"keys {sorted(record)[:8]} match no format")
+  if fmt == PREFERENCE:
+    raise MalformedRecord("preference_record", "a preference pair (chosen/rejected): train it with "
+                          "train.objective=dpo")
   key = {"messages": "messages", "sharegpt": "conversations"}.get(fmt)
   if key and key not in record:
     raise MalformedRecord("bad_schema", f"no {key!r} key in a {fmt} record")

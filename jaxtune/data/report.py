@@ -15,23 +15,34 @@ def _tokenizer(cfg):
   return chat.load_tokenizer(cfg.model.path, cfg.data.chat_template)
 
 
+def _preference(cfg) -> bool:
+  """Whether the run trains on preference pairs (train.objective=dpo)."""
+  return cfg.train.objective == "dpo"
+
+
 def stats(cfg) -> dict:
-  """DataStats of the train split (one process) as a dict."""
+  """DataStats of the train split (one process) as a dict; for preference data `examples` counts pairs."""
   tok = _tokenizer(cfg)
-  return build_pipeline(cfg.data, tok, batch_size=cfg.train.batch_size, seed=cfg.train.seed).stats.to_dict()
+  return build_pipeline(cfg.data, tok, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                        preference=_preference(cfg)).stats.to_dict()
 
 
 def inspect(cfg, n: int = 3, *, color: bool = False) -> list[dict]:
-  """The first n train examples in file order, as the model sees them (unpacked)."""
+  """The first n train examples in file order, as the model sees them (unpacked): {"input_ids",
+  "loss_mask", "text"}, or for preference pairs {"chosen": {...}, "rejected": {...}}."""
   tok = _tokenizer(cfg)
   d = cfg.data
   store, _ = load_examples(d.train, tok, seq_len=d.seq_len, mask=d.mask, overlong=d.overlong,
-                           strict=d.strict, max_examples=n, reasoning=d.reasoning, system=d.system)
+                           strict=d.strict, max_examples=n, preference=_preference(cfg), packing=d.packing,
+                           reasoning=d.reasoning, system=d.system)
+
+  def one(ids, mask):
+    return {"input_ids": ids.tolist(), "loss_mask": mask.tolist(), "text": render_example(tok, ids, mask, color=color)}
+
   out = []
   for i in range(min(n, len(store))):
-    ids, mask = store.get(i)
-    out.append({"input_ids": ids.tolist(), "loss_mask": mask.tolist(),
-                "text": render_example(tok, ids, mask, color=color)})
+    seqs = [one(ids, mask) for _, ids, mask in store.unit(i)]
+    out.append(seqs[0] if store.group == 1 else {"chosen": seqs[0], "rejected": seqs[1]})
   return out
 
 

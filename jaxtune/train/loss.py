@@ -37,10 +37,11 @@ def masked_xent(logits_BxTxV: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
   return (nll_BxTm1 * w_BxTm1).sum(), w_BxTm1.sum()
 
 
-def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]:
-  """`masked_xent` without ever holding full-vocabulary logits: the output projection and
-  cross-entropy run over `chunk` positions at a time in a scan, and are recomputed in the
-  backward pass, so peak memory holds [B, chunk, V] float32 logits instead of [B, T, V]."""
+def _chunked_sum(model, batch, chunk: int, reduce, init, extra_BxTm1=()):
+  """sum over `chunk`-position slices of the targets of reduce(nll_BxC, w_BxC, *extra_BxC), never holding
+  full-vocabulary logits: the output projection and cross-entropy run over `chunk` positions at a time in
+  a scan, recomputed in the backward pass, so peak memory holds [B, chunk, V] float32 logits instead of
+  [B, T, V]. `extra_BxTm1` are further [B, T-1] arrays sliced the same way."""
   ids_BxT = batch["input_ids"]
   h_BxTxD = model.hidden_states(ids_BxT, positions=batch["positions"], segment_ids=batch["segment_ids"])
   w_BxTm1 = target_weights(batch)
@@ -54,15 +55,52 @@ def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]
     return jnp.swapaxes(x.reshape((b, n, chunk) + x.shape[2:]), 0, 1)
 
   @jax.checkpoint
-  def chunk_nll(h_BxCxD, y_BxC, w_BxC):
+  def chunk_sum(h_BxCxD, y_BxC, w_BxC, *extra):
     logits = model.logits_from_hidden(h_BxCxD).astype(jnp.float32)
-    return (optax.softmax_cross_entropy_with_integer_labels(logits, y_BxC) * w_BxC).sum()
+    return reduce(optax.softmax_cross_entropy_with_integer_labels(logits, y_BxC), w_BxC, *extra)
 
   def body(total, xs):
-    return total + chunk_nll(*xs), None
+    return total + chunk_sum(*xs), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (chunks(h_BxTm1xD), chunks(y_BxTm1), chunks(w_BxTm1)))
+  xs = (chunks(h_BxTm1xD), chunks(y_BxTm1), chunks(w_BxTm1)) + tuple(chunks(e) for e in extra_BxTm1)
+  total, _ = jax.lax.scan(body, init, xs)
+  return total, w_BxTm1
+
+
+def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """`masked_xent` without ever holding full-vocabulary logits (see `_chunked_sum`)."""
+  total, w_BxTm1 = _chunked_sum(model, batch, chunk, lambda nll, w: (nll * w).sum(), jnp.zeros((), jnp.float32))
   return total, w_BxTm1.sum()
+
+
+def _target_segments(batch) -> jax.Array:
+  """[B, T-1]: the 0-based segment of each target (target t+1's segment id - 1; -1 for padding)."""
+  return batch["segment_ids"][:, 1:] - 1
+
+
+def _per_segment(x_BxN: jax.Array, seg_BxN: jax.Array, num_segments: int) -> jax.Array:
+  """[B, num_segments]: per row, the sum of x over each segment (ids outside [0, num_segments) dropped)."""
+  return jax.vmap(lambda x, s: jax.ops.segment_sum(x, s, num_segments=num_segments))(x_BxN, seg_BxN)
+
+
+def segment_token_counts(batch, num_segments: int) -> jax.Array:
+  """[B, num_segments] float32: trained targets per segment slot (segment id s is slot s - 1)."""
+  return _per_segment(target_weights(batch), _target_segments(batch), num_segments)
+
+
+def sequence_logps(model, batch, num_segments: int, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+  """([B, S] sum of log p over each segment's trained targets, [B, S] their counts), S = num_segments: a
+  packed row's per-sequence log-probs; chunked over the sequence when chunk > 0."""
+  seg_BxTm1 = _target_segments(batch)
+  if chunk and chunk < batch["input_ids"].shape[1] - 1:
+    reduce = lambda nll, w, seg: _per_segment(-nll * w, seg, num_segments)  # noqa: E731
+    init = jnp.zeros((batch["input_ids"].shape[0], num_segments), jnp.float32)
+    logp_BS, w_BxTm1 = _chunked_sum(model, batch, chunk, reduce, init, (seg_BxTm1,))
+  else:
+    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    w_BxTm1 = target_weights(batch)
+    logp_BS = _per_segment(token_logprobs(logits, batch["input_ids"]) * w_BxTm1, seg_BxTm1, num_segments)
+  return logp_BS, _per_segment(w_BxTm1, seg_BxTm1, num_segments)
 
 
 def model_xent(model, batch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:

@@ -200,6 +200,6 @@ def test_fast_encode_matches_tokenizer_call(name, request):
   tok = request.getfixturevalue(f"{name}_tok")
   texts = [tok.apply_chat_template(CONV, tokenize=False), "plain text, no specials", "<|eot_id|><|im_end|>x"]
   ref = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-  for (ids, offsets), want_ids, want_off in zip(chat._encode_with_offsets(tok, texts), ref["input_ids"],
+  for (ids, offsets), want_ids, want_off in zip(chat.encode_texts(tok, texts), ref["input_ids"],
                                                  ref["offset_mapping"]):
     assert ids.tolist() == want_ids and offsets.tolist() == [list(o) for o in want_off]

@@ -162,7 +162,8 @@ def test_tool_records_on_templates_without_tools_are_dropped_with_a_reason(famil
     chat.tokenize_messages(conv, tok)
   assert e.value.reason == "tools_unsupported"
   ids, mask = chat.tokenize_messages(Conversation(conv.messages[:5]), tok)  # without a tools list: fine
-  assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>", "It is 21 and sunny.<|im_end|>"]
+  assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>",
+                                           "It is 21 and sunny.<|im_end|>"]
 
 
 def test_mistral_tool_calls_located_by_deleting_the_turn(family_tok):
@@ -189,10 +190,12 @@ def test_turns_that_cannot_be_located_are_dropped_not_mistrained(tok_dirs):
   with pytest.raises(chat.MaskMismatch, match="could not be located"):
     chat.tokenize_messages(conv, _with_template(tok_dirs, "chatml", picky))
   # Without the length rule the turn is found by deletion; its header (the generation prompt) is not trained.
-  lenient = picky.split("{%- endif %}", 1)[1] + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+  lenient = (picky.split("{%- endif %}", 1)[1]
+             + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
   tok = _with_template(tok_dirs, "chatml", lenient)
   ids, mask = chat.tokenize_messages(conv, tok)
-  assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>", "It is 21 and sunny.<|im_end|>"]
+  assert trained_texts(tok, ids, mask) == ["<tool_call>get_weather</tool_call><|im_end|>",
+                                           "It is 21 and sunny.<|im_end|>"]
 
 
 SYSTEM_CHATS = [{"messages": [{"role": S, "content": f"Answer in {w} words."},

@@ -52,3 +52,44 @@ def train_tiny_run(tmp: Path) -> TinyRun:
               "--config.train.steps=6", "--config.checkpoint.every=3", "--config.train.eval_every=3",
               f"--config.data.eval=('{data}',)")
   return TinyRun(root=tmp, model_dir=model_dir, data=str(data), run=run, stdout=p.stdout)
+
+
+def preference_records(n: int = 40) -> list[dict]:
+  """n preference pairs in every record form, the chosen reply the right join of two words, plus one pair
+  whose sides are equal (dropped)."""
+  words = ["apple", "river", "stone", "cloud", "green", "light", "music", "table"]
+  rows = []
+  for i in range(n):
+    a, b = words[i % 8], words[(i * 3 + 1) % 8]
+    q = f"Join {a} and {b}."
+    if i % 3 == 0:
+      rows.append({"prompt": q, "chosen": f"{a} {b}", "rejected": f"{b} {a}"})
+    elif i % 3 == 1:
+      rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
+                   "chosen": [{"role": "assistant", "content": f"{a} {b}"}],
+                   "rejected": [{"role": "assistant", "content": a}]})
+    else:
+      conv = [{"role": "user", "content": q}]
+      rows.append({"chosen": conv + [{"role": "assistant", "content": f"{a} {b}"}],
+                   "rejected": conv + [{"role": "assistant", "content": f"{a}-{b}!"}]})
+  rows.insert(3, {"prompt": "x", "chosen": "same", "rejected": "same"})
+  return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyDpo:
+  root: Path
+  model_dir: Path
+  data: str  # pairs.jsonl: `pairs` usable pairs and one with equal sides
+  pairs: int
+
+  @property
+  def config(self) -> str:
+    return f"--config=configs/dpo_tiny.py:{self.model_dir},{self.data}"
+
+
+def make_tiny_dpo(tmp: Path, n: int = 40) -> TinyDpo:
+  model_dir, _ = make_tiny_chat_model(tmp, "llama")
+  data = tmp / "pairs.jsonl"
+  data.write_text("\n".join(json.dumps(r) for r in preference_records(n)) + "\n")
+  return TinyDpo(root=tmp, model_dir=model_dir, data=str(data), pairs=n)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from jaxtune.errors import ConfigError
 from jaxtune.train.objectives.base import Objective, Policy, PrepareContext
+from jaxtune.train.objectives.dpo import DPO
 from jaxtune.train.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {SFT.name: SFT}
+OBJECTIVES: dict[str, type[Objective]] = {SFT.name: SFT, DPO.name: DPO}
 
 
 def for_config(cfg) -> Objective:
@@ -16,4 +17,4 @@ def for_config(cfg) -> Objective:
   return OBJECTIVES[cfg.train.objective].from_config(cfg)
 
 
-__all__ = ["Objective", "Policy", "PrepareContext", "OBJECTIVES", "for_config", "SFT"]
+__all__ = ["Objective", "Policy", "PrepareContext", "OBJECTIVES", "for_config", "SFT", "DPO"]

@@ -62,8 +62,16 @@ class PrepareContext:
 class Objective:
   """The interface; see the module docstring. Instances are static (hashable), never traced."""
   name: ClassVar[str] = ""
-  fields: ClassVar[tuple[str, ...]] = TOKEN_FIELDS
-  has_frozen: ClassVar[bool] = False  # whether `prepare` returns a pytree the step takes as a third argument
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    """The batch fields the loss reads."""
+    return TOKEN_FIELDS
+
+  @property
+  def has_frozen(self) -> bool:
+    """Whether `prepare` returns a pytree the step takes as a third argument."""
+    return False
 
   def pipeline(self, cfg, tokenizer, split: str = "train"):
     raise NotImplementedError
