@@ -14,14 +14,9 @@ For those the mask is derived from the rendering itself:
    character spans.
 
 Assistant turns with tool calls or reasoning (`messages.is_special`) hold more
-than their content: the template writes the tool calls in its own syntax and
-the reasoning inside think tags. Each such turn is located by rendering the
-conversation again with only that turn replaced by a placeholder reply: what
-differs between the two renderings is what the template writes for the turn
-(from the opening think tag when its reasoning is rendered), and it is trained
-through the end-of-turn marker that follows. Templates that drop the reasoning
-of the final reply too (DeepSeek-R1's) get it as the model meets it at
-inference: the generation prompt, then the whole reply, reasoning included.
+than their content; `turns.locate` finds them, and `turns.inference_form`
+rebuilds a final reply whose reasoning the template strips (DeepSeek-R1's).
+System/user/tool messages the rendering lost are reported (`Encoded.not_rendered`).
 
 Anything that does not line up raises `MaskMismatch`: a wrong mask is never
 returned silently. Templates with `{% generation %}` go through transformers.
@@ -36,62 +31,15 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from jaxtune.data import messages as msgs_lib
-from jaxtune.data import templates
-from jaxtune.data.messages import THINK_OPEN, Conversation
+from jaxtune.data import turns
+from jaxtune.data.messages import Conversation
+from jaxtune.data.rendering import (DropExample, MaskMismatch, end_of_turn_markers, has_generation_tags,  # noqa: F401
+                                    render, renders_reasoning_field, template_of, uses_tools)
 from jaxtune.data.tokenizer import add_template_tokens, load_tokenizer, template_special_tokens  # noqa: F401
 
 MASK_MODES = ("assistant", "last_assistant", "none")
-_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PLACEHOLDER = "\u27e6JXT:{}\u27e7"
 _PLACEHOLDER_RE = re.compile("\u27e6JXT:(\\d+)\u27e7")
-_TURN_PLACEHOLDER = "\u27e6JXT:turn\u27e7"
-_OPENER_BEFORE_RE = re.compile(re.escape(THINK_OPEN) + r"\s*$")
-_PROBE = "\u27e6JXT:probe\u27e7"
-_TOOL_NAMES_RE = re.compile(r"\btool_calls\b|\btools\b")
-_JINJA_COMMENT_RE = re.compile(r"\{#.*?#\}", re.S)
-
-
-class DropExample(Exception):
-  """An example that yields no usable training data; `reason` is a short key."""
-
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
-    self.detail = detail
-
-
-class MaskMismatch(DropExample):
-  """The rendered chat and the replies do not line up; the mask would be wrong."""
-
-  def __init__(self, detail: str):
-    super().__init__("mask_mismatch", detail)
-
-
-def has_generation_tags(template: str | None) -> bool:
-  return bool(template) and bool(_GENERATION_RE.search(template))
-
-
-def _template(tokenizer) -> str:
-  """The template apply_chat_template uses (the default one of a named set)."""
-  t = tokenizer.chat_template
-  return t if isinstance(t, str) or t is None else tokenizer.get_chat_template()
-
-
-def end_of_turn_markers(tokenizer) -> tuple[str, ...]:
-  """Strings that may close an assistant turn, longest first."""
-  marks = set(templates.END_OF_TURN)
-  if getattr(tokenizer, "eos_token", None):
-    marks.add(tokenizer.eos_token)
-  return tuple(sorted(marks, key=len, reverse=True))
-
-
-def render(messages: Sequence[dict], tokenizer, tools: list | None = None,
-           add_generation_prompt: bool = False) -> str:
-  try:
-    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
-  except Exception as e:  # jinja raise_exception(), missing keys, ...
-    raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
 
 
 def _plain_spans(messages: Sequence[dict], text: str, tokenizer, turns: Sequence[int],
@@ -127,126 +75,6 @@ def _plain_spans(messages: Sequence[dict], text: str, tokenizer, turns: Sequence
   return spans
 
 
-@dataclasses.dataclass
-class _Turn:
-  """Where a turn with tool calls or reasoning lies in the rendered chat: its trained span (through the
-  end-of-turn marker), the region the template wrote for it (header and marker excluded), and whether
-  its reasoning is rendered there."""
-  span: tuple[int, int]
-  region: tuple[int, int]
-  reasoning_rendered: bool
-
-
-def _special_turn(messages: Sequence[dict], i: int, text: str, tokenizer, tools: list | None) -> _Turn:
-  """Locates assistant message i (tool calls / reasoning) in `text`, checks what the template wrote there."""
-  if _TURN_PLACEHOLDER in text:
-    raise MaskMismatch("a message contains the internal placeholder text")
-  a, b = _region(messages, i, text, tokenizer, tools)
-  m, region = messages[i], text[a:b]
-  marks = end_of_turn_markers(tokenizer)
-  if any(mk in region for mk in marks):
-    raise MaskMismatch(f"the rendering of assistant message {i} is not local to it (it changes other turns)")
-  ws = len(text) - b - len(text[b:].lstrip())
-  mark = next((mk for mk in marks if text.startswith(mk, b + ws)), None)
-  if mark is None:
-    raise MaskMismatch(f"no end-of-turn marker ({', '.join(marks)}) follows assistant message {i}: {text[b:b + 40]!r}")
-  thought, answer = msgs_lib.split_reasoning(m)
-  start, rendered = a, bool(thought) and thought in region
-  if rendered:
-    opener = _OPENER_BEFORE_RE.search(text, max(0, a - 64), a)
-    start = opener.start() if opener else a
-  calls = m.get("tool_calls") or []
-  missing = [c["function"]["name"] for c in calls if c["function"]["name"] not in region]
-  if missing or (calls and not region.strip()):
-    raise DropExample("tools_unsupported", f"the chat template does not render the tool calls {missing} of message {i}")
-  if not calls and answer and answer not in region:
-    raise MaskMismatch(f"assistant message {i}'s reply is not in the rendered chat as written")
-  return _Turn((start, b + ws + len(mark)), (a, b), rendered)
-
-
-def _region(messages: Sequence[dict], i: int, text: str, tokenizer, tools: list | None) -> tuple[int, int]:
-  """[a, b): what the template writes for assistant message i after its header, before its end-of-turn
-  marker: where `text` differs from the chat rendered with only message i replaced by a placeholder reply."""
-  alt_msgs = list(messages)
-  alt_msgs[i] = {"role": "assistant", "content": _TURN_PLACEHOLDER}
-  try:
-    alt = render(alt_msgs, tokenizer, tools)
-  except DropExample:
-    return _region_by_deletion(messages, i, text, tokenizer, tools)
-  a = _common_prefix(text, alt)
-  b = len(text) - _common_prefix(text[::-1], alt[::-1], limit=min(len(text), len(alt)) - a)
-  if _TURN_PLACEHOLDER not in alt[a:len(alt) - (len(text) - b)]:
-    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
-  return a, b
-
-
-def _region_by_deletion(messages: Sequence[dict], i: int, text: str, tokenizer,
-                        tools: list | None) -> tuple[int, int]:
-  """`_region` for templates that refuse the placeholder reply (Mistral v0.3 counts it among the turns that
-  must alternate): the chat rendered without message i lacks exactly its rendering, header and end-of-turn
-  included. Where that gap can slide (the text around it repeats), it is the one that ends with an
-  end-of-turn marker; the generation prompt at its start is the header, not trained."""
-  try:
-    short = render(list(messages[:i]) + list(messages[i + 1:]), tokenizer, tools)
-  except DropExample as e:
-    raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located: the template refuses "
-                       f"the chat without it or with it replaced by a plain reply ({e.detail})") from e
-  n, marks = len(text) - len(short), end_of_turn_markers(tokenizer)
-  top = _common_prefix(text, short)
-  for c in range(top, max(-1, top - n - 1), -1):
-    gap = text[c:c + n].rstrip()
-    mark = next((mk for mk in marks if gap.endswith(mk)), None)
-    if n > 0 and mark and text[:c] + text[c + n:] == short:
-      return c + len(_generation_prompt(messages[:i], tokenizer, tools, text[c:])), c + len(gap) - len(mark)
-  raise MaskMismatch(f"assistant message {i} (tool calls / reasoning) could not be located in the rendered chat")
-
-
-def _generation_prompt(messages: Sequence[dict], tokenizer, tools: list | None, at: str) -> str:
-  """What add_generation_prompt appends to `messages`, if `at` starts with it; else ""."""
-  try:
-    base = render(messages, tokenizer, tools)
-    prompt = render(messages, tokenizer, tools, add_generation_prompt=True)
-  except DropExample:
-    return ""
-  gp = prompt[len(base):] if prompt.startswith(base) else ""
-  return gp if at.startswith(gp) else ""
-
-
-def _common_prefix(x: str, y: str, limit: int | None = None) -> int:
-  """Length of the longest common prefix of x and y (at most `limit`), by bisection on slices."""
-  lo, hi = 0, min(len(x), len(y)) if limit is None else min(len(x), len(y), limit)
-  while lo < hi:
-    mid = (lo + hi + 1) // 2
-    if x[:mid] == y[:mid]:
-      lo = mid
-    else:
-      hi = mid - 1
-  return lo
-
-
-def _inference_form(messages: Sequence[dict], i: int, text: str, turn: _Turn, tokenizer,
-                    tools: list | None) -> tuple[str, tuple[int, int]]:
-  """The chat with final reply i as the model meets it at inference, for templates that strip its
-  reasoning: the generation prompt, then the whole reply (reasoning in think tags, then what the
-  template renders of the answer), its end-of-turn marker, and the rest of the chat. Returns
-  (text, span of the reply)."""
-  prompt = render(messages[:i], tokenizer, tools, add_generation_prompt=True)
-  (a, b), end = turn.region, turn.span[1]
-  if not prompt.startswith(text[:a]):
-    raise DropExample("reasoning_not_rendered",
-                      "the chat template drops the reasoning of the final reply and its generation prompt does not "
-                      "continue the rendered conversation; set data.reasoning=drop to train the answers only")
-  thought, _ = msgs_lib.split_reasoning(messages[i])
-  reply = msgs_lib.inline(thought, "") + text[a:b].lstrip()
-  head = prompt.rstrip()
-  if head.endswith(THINK_OPEN):  # the prompt opens the reasoning itself (DeepSeek-R1): not generated
-    reply = reply[len(THINK_OPEN):]
-    if len(prompt) > len(head):
-      reply = reply.lstrip()
-  completion = reply + text[b:end]
-  return prompt + completion + text[end:], (len(prompt), len(prompt) + len(completion))
-
-
 class Layout(NamedTuple):
   """A conversation as rendered for training (`layout`)."""
   text: str
@@ -256,33 +84,12 @@ class Layout(NamedTuple):
   tool_calls: bool
 
 
-def _uses_tools(tokenizer) -> bool:
-  """Whether the template's code (not its comments) reads `tools` or `tool_calls`."""
-  return bool(_TOOL_NAMES_RE.search(_JINJA_COMMENT_RE.sub("", _template(tokenizer) or "")))
-
-
-_FIELD_SUPPORT: dict[str, bool] = {}
-
-
-def renders_reasoning_field(tokenizer) -> bool:
-  """Whether the chat template renders an assistant message's `reasoning_content` (cached per template)."""
-  t = _template(tokenizer) or ""
-  if t not in _FIELD_SUPPORT:
-    probe = [{"role": "user", "content": "u"},
-             {"role": "assistant", "content": "a", msgs_lib.REASONING_FIELD: _PROBE}]
-    try:
-      _FIELD_SUPPORT[t] = _PROBE in render(probe, tokenizer)
-    except DropExample:
-      _FIELD_SUPPORT[t] = False
-  return _FIELD_SUPPORT[t]
-
-
 def layout(conv: Conversation | Sequence[dict], tokenizer, mask: str = "assistant", *,
            reasoning: str = "train", system: str = "keep") -> Layout:
   """The rendered text of a conversation and the character spans to train (see the module doc)."""
   conv = msgs_lib.as_conversation(conv)
   with_reasoning, with_calls = _flags(conv)
-  if (with_calls or conv.tools) and not _uses_tools(tokenizer):
+  if (with_calls or conv.tools) and not uses_tools(tokenizer):
     raise DropExample("tools_unsupported", "the chat template has no tool support (it never reads tools / tool_calls)")
   msgs = _prepared(conv, tokenizer, reasoning, system)
   text = render(msgs, tokenizer, conv.tools)
@@ -302,11 +109,11 @@ def _spans(msgs: list[dict], text: str, tokenizer, tools: list | None, special: 
   replies = sorted(plain + special)
   spans = _plain_spans(msgs, text, tokenizer, plain, tools) if plain else {}
   for i in special:
-    turn = _special_turn(msgs, i, text, tokenizer, tools)
+    turn = turns.locate(msgs, i, text, tokenizer, tools)
     if msgs_lib.has_reasoning(msgs[i]) and not turn.reasoning_rendered and i == len(msgs) - 1:
       if any(e > turn.region[0] for e in (s[1] for s in spans.values())):
         raise MaskMismatch("a trained span follows the final reply")
-      text, spans[i] = _inference_form(msgs, i, text, turn, tokenizer, tools)
+      text, spans[i] = turns.inference_form(msgs, i, text, turn, tokenizer, tools)
     else:
       spans[i] = turn.span
   ordered = [spans[i] for i in sorted(spans)]
@@ -415,7 +222,7 @@ def encode_batch(conversations: Sequence[Conversation | Sequence[dict]], tokeniz
   if mask not in MASK_MODES:
     raise ValueError(f"mask={mask!r} not in {MASK_MODES}")
   convs = [msgs_lib.as_conversation(c) for c in conversations]
-  if has_generation_tags(_template(tokenizer)) and mask != "none":
+  if has_generation_tags(template_of(tokenizer)) and mask != "none":
     return [_guard(lambda c=c: _generation_mask(c, tokenizer, mask, reasoning, system)) for c in convs]
   prepared: list[Any] = [_guard(lambda c=c: layout(c, tokenizer, mask, reasoning=reasoning, system=system))
                          for c in convs]
