@@ -33,6 +33,9 @@ from jaxtune.data import cache, packing
 from jaxtune.data.examples import DataError, DataStats, ExampleStore, load_examples, split_holdout
 
 ROWS_PER_WINDOW = 64  # rows packed together (at least one batch)
+# Names how examples become rows; a checkpoint records it, and a run resumed under another layout (it would
+# see other rows from the resume point on) is refused unless checkpoint.allow_config_change.
+LAYOUT = "best-fit-decreasing-v1"
 MAX_EFFICIENCY_EXAMPLES = 1 << 17  # packing_efficiency is measured on at most this many
 
 
