@@ -79,7 +79,7 @@ def check_batch(cfg: Config, mesh) -> None:
 def check_resume_config(cfg: Config, meta: dict) -> None:
   """Refuses a resume whose config changed a key that decides which tokens the run sees, or whose data
   layout (how examples become rows) differs from the one the checkpoint was trained with."""
-  saved = meta.get("config", {})
+  saved = json.loads(json.dumps(meta.get("config", {})))  # tuples and lists alike
   now = json.loads(json.dumps(cfg.to_dict()))
   changed = [f"{sec}.{k}: {saved[sec][k]!r} -> {now[sec][k]!r}" for sec, k in determinism_keys()
              if sec in saved and k in saved[sec] and saved[sec][k] != now[sec][k]]
