@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
 
 from jaxtune.errors import ConfigError, UsageError, UserError
@@ -148,32 +147,11 @@ def cmd_train(argv: list[str]) -> int:
     return 0
   cfg = load_config(argv)
   _maybe_init_distributed()
+  from jaxtune.train.loop import train
   if cfg.demo.enabled:
-    return _train_demo(cfg)
-  from jaxtune.train.loop import train
+    from jaxtune.demo import flows
+    return flows.run(cfg, train)
   train(cfg)
-  return 0
-
-
-def _train_demo(cfg) -> int:
-  import jaxtune
-  from jaxtune import demo
-  from jaxtune.data.chat import load_tokenizer
-  from jaxtune.train.loop import train
-
-  t0 = time.perf_counter()
-  demo.prepare(cfg, log=log.info)
-  tokenizer = load_tokenizer(cfg.model.path)
-  base = jaxtune.load_pretrained(cfg.model.path)
-  before = demo.report_before(cfg, base, tokenizer, log=log.info)
-  del base
-  result = train(cfg)
-  out = os.path.join(cfg.run.dir, "hf")
-  model = result.model()
-  jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
-  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples, log=log.info)
-  log.info("demo: held-out exact match %.1f%% before -> %.1f%% after tuning, in %.0fs; tuned model exported to %s",
-           100 * before, 100 * after, time.perf_counter() - t0, os.path.abspath(out))
   return 0
 
 

@@ -229,6 +229,8 @@ def memory(r: Recipe) -> Memory:
     return b
 
   param_bytes = sum(stored(p, s, a) for p, (s, a) in params.items())
+  if c.train.objective == "dpo" and c.dpo.reference == "live" and c.lora.rank == 0:
+    param_bytes *= 2  # a frozen copy of the starting weights is the reference (cached and LoRA add none)
   trainable = params
   if c.lora.rank > 0:  # frozen base weights (no moments, no gradients) + trained adapters
     trainable = lora_adapters(params, c.lora.rank, c.lora.targets, DTYPES[c.model.param_dtype])

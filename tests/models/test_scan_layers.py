@@ -124,6 +124,9 @@ def test_resume_refuses_another_layout():
   from jaxtune.train.setup import check_resume_config
   cfg = Config.from_dict(default_config().to_dict())
   assert cfg.model.scan_layers
+  from jaxtune.data.pipeline import LAYOUT
+  old = cfg.to_dict()
+  del old["model"]["scan_layers"]  # a run from before the key: unrolled
   with pytest.raises(TrainingError, match="scan_layers=False"):
-    check_resume_config(cfg, {"model": {"path": ""}})  # a run from before the key: unrolled
-  check_resume_config(cfg, {"model": {"path": "", "scan_layers": True}})
+    check_resume_config(cfg, {"config": old, "data_layout": LAYOUT})
+  check_resume_config(cfg, {"config": cfg.to_dict(), "data_layout": LAYOUT})

@@ -113,9 +113,9 @@ class DPO(Objective):
 
   def pipeline(self, cfg, tokenizer, split: str = "train"):
     from jaxtune.data.pipeline import build_pipeline
-    bad = [f"data.{split if split == 'train' or cfg.data.eval else 'train'}[{i}].format = {s.format!r}"
-           for i, s in enumerate(cfg.data.eval if split == "eval" and cfg.data.eval else cfg.data.train)
-           if s.format not in ("preference", "auto")]
+    key = "eval" if split == "eval" and cfg.data.eval else "train"
+    bad = [f"data.{key}[{i}].format = {src.format!r}" for i, src in enumerate(getattr(cfg.data, key))
+           if src.format not in ("preference", "auto")]
     if bad:
       raise ConfigError(f"train.objective=dpo trains on preference pairs: {'; '.join(bad)} (use 'preference' "
                         "or 'auto')")
@@ -126,15 +126,15 @@ class DPO(Objective):
     return build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed, split=split,
                           preference=True)
 
-  def prepare(self, ctx: PrepareContext) -> Any:
+  def prepare(self, ctx: PrepareContext) -> tuple["DPO", Any]:
     if self.reference == "cached":
       from jaxtune.train.reference import attach_reference_logps
       attach_reference_logps(ctx, chunk=self.loss_chunk)
-      return None
+      return self, None
     if self.has_frozen:  # the starting params, frozen: their own buffers (the step donates the policy's)
       from flax import nnx
-      return jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param))
-    return None
+      return self, jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param))
+    return self, None
 
   # -- in the step ---------------------------------------------------------------------------------------
 
