@@ -1,0 +1,75 @@
+"""The files of a synth job: a restarted job finds what a killed one finished and cuts OUT back to it."""
+
+import json
+
+import pytest
+
+from jaxtune.errors import UsageError
+from jaxtune.synth.output import JobFiles
+
+SETTINGS = {"model": "m", "prompts": "p.jsonl", "n": 2, "seed": 0}
+
+
+def _rec(i, s):
+  return {"id": i, "sample": s, "messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": f"a{i}.{s}"}]}
+
+
+def _row(i, kept, samples=2, passed=None):
+  return {"id": i, "samples": samples, "passed": kept if passed is None else passed, "kept": kept, "new_tokens": 5,
+          "truncated": 0, "empty": 0, "no_reference": 0}
+
+
+def _job(out, settings=SETTINGS, **kw):
+  files = JobFiles(str(out), settings)
+  return files, files.start(**kw)
+
+
+def test_resume_cuts_a_killed_jobs_tail(tmp_path):
+  out = tmp_path / "o.jsonl"
+  files, done = _job(out)
+  assert done == 0
+  files.write([_rec(0, 0), _rec(0, 1)], [_row(0, 2)])
+  files.write([], [_row("b", 0)])  # a prompt with nothing kept is finished too
+  files.write([_rec(2, 1)], [_row(2, 1, passed=2)])
+  files.close()
+  good_out, good_progress = out.read_bytes(), (tmp_path / "o.jsonl.progress").read_bytes()
+  # killed after writing a chunk's records but before its progress rows, mid-way through a record and a row
+  with open(out, "a") as f:
+    f.write(json.dumps(_rec(3, 0)) + "\n" + json.dumps(_rec(3, 1))[:17])
+  with open(tmp_path / "o.jsonl.progress", "a") as f:
+    f.write(json.dumps(_row(3, 2))[:9])
+  files, done = _job(out)
+  assert done == 3 and list(files.done_ids()) == [0, "b", 2]
+  assert out.read_bytes() == good_out and (tmp_path / "o.jsonl.progress").read_bytes() == good_progress
+  files.write([_rec(3, 0)], [_row(3, 1)])
+  files.close()
+  stats = files.summary({"malformed_records": 0})
+  assert json.loads((tmp_path / "o.jsonl.stats.json").read_text()) == stats
+  assert {k: stats[k] for k in ("prompts", "samples", "passed", "kept", "new_tokens")} == \
+      {"prompts": 4, "samples": 8, "passed": 5, "kept": 4, "new_tokens": 20}
+  assert stats["kept_per_prompt"] == {"0": 1, "1": 2, "2": 1} and stats["settings"] == SETTINGS
+  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 0, 2, 3]
+
+
+def test_other_settings_are_refused_and_overwrite_starts_again(tmp_path):
+  out = tmp_path / "o.jsonl"
+  files, _ = _job(out)
+  files.write([_rec(0, 0)], [_row(0, 1)])
+  files.close()
+  with pytest.raises(UsageError, match=r"other settings \(seed: 0 then, 1 now\)"):
+    _job(out, {**SETTINGS, "seed": 1})
+  files, done = _job(out, {**SETTINGS, "seed": 1}, overwrite=True)
+  assert done == 0 and out.read_text() == ""
+
+
+def test_a_file_that_is_not_a_jobs_output_is_refused(tmp_path):
+  out = tmp_path / "o.jsonl"
+  out.write_text('{"messages": []}\n')
+  with pytest.raises(UsageError, match="is not a synth job's output"):
+    _job(out)
+  files, _ = _job(tmp_path / "p.jsonl")
+  files.write([_rec(0, 0)], [_row(0, 2)])  # progress accounts for 2 records, OUT holds 1
+  files.close()
+  with pytest.raises(UsageError, match="holds 1 records but"):
+    _job(tmp_path / "p.jsonl")
