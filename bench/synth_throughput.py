@@ -93,7 +93,7 @@ def run_jaxtune(a, job: dict) -> None:
 
   from jaxtune import log as log_lib
   from jaxtune import mesh as mesh_lib
-  from jaxtune import synth
+  from jaxtune.synth import job as synth
   from jaxtune.generate import load_model
 
   log_lib.setup("WARNING", quiet=True)

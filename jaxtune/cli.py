@@ -289,20 +289,22 @@ def cmd_synth(argv: list[str]) -> int:
     raise UsageError("jaxtune synth reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
                      + " ".join(([f"--config {path}"] if path else [])
                                 + [o for o in overrides if not o.startswith(_SYNTH_KEYS)]))
-  from jaxtune import synth
   from jaxtune.config import Config, default_config
-  settings = synth.Settings(model=a.model, prompts=a.prompts, n=a.n, temperature=a.temperature, top_p=a.top_p,
-                            top_k=a.top_k, max_new_tokens=a.max_new_tokens, seed=a.seed, system=a.system,
-                            chat_template=a.chat_template, verify=a.verify, keep=a.keep, token_ids=a.token_ids)
-  opts = synth.Options(batch_size=a.batch_size, chunk=a.chunk, strict=a.strict, overwrite=a.overwrite)
-  synth.verify.parse_verify(a.verify)  # a bad spec fails before the model loads
+  from jaxtune.synth.verify import parse_verify
+  parse_verify(a.verify)  # a bad spec fails before jax and the model load
   cfg = Config.from_dict(apply_overrides(default_config(), overrides))
+  from jaxtune.synth import job
+  settings = job.Settings(model=a.model, prompts=a.prompts, n=a.n, temperature=a.temperature, top_p=a.top_p,
+                          top_k=a.top_k, max_new_tokens=a.max_new_tokens, seed=a.seed, system=a.system,
+                          chat_template=a.chat_template, verify=a.verify, keep=a.keep, token_ids=a.token_ids)
+  opts = job.Options(batch_size=a.batch_size, chunk=a.chunk, strict=a.strict, overwrite=a.overwrite)
   _maybe_init_distributed()
   from jaxtune import mesh as mesh_lib
   from jaxtune.generate import load_model
+  started = job.Job(settings, a.out, opts)  # a job that cannot resume fails before the model loads
   mesh = mesh_lib.mesh_from_cfg(cfg.mesh)
   model, tokenizer, stop_ids = load_model(a.model, a.chat_template, mesh=mesh, dtype=cfg.model.dtype)
-  synth.run(model, tokenizer, stop_ids, settings, a.out, opts)
+  started.run(model, tokenizer, stop_ids)
   return 0
 
 

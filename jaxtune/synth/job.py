@@ -234,52 +234,65 @@ def _broadcast_done(done: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int64(done)))
 
 
-def run(model, tokenizer, stop_ids: Sequence[int], settings: Settings, out: str,
-        opts: Options = Options()) -> dict[str, Any]:
-  """Runs (or resumes) a synth job writing `out`; returns the stats written to OUT.jsonl.stats.json.
+class Job:
+  """A synth job, started: `--verify` parsed, OUT opened or resumed by process 0, and every process agreed on
+  how many prompts a previous run finished. Started before the model loads, so that a job that cannot resume
+  fails at once. `run` then does the work; every process runs the same calls and process 0 writes."""
 
-  `model` may be sharded over a mesh (it then decodes under it); every process runs this with the same
-  arguments and process 0 writes."""
-  import jax
-  check = verify_lib.parse_verify(settings.verify)
-  if settings.n > 1 and settings.temperature == 0:
-    log.warning("--n %d with --temperature 0: greedy decoding gives %d identical samples per prompt", settings.n,
-                settings.n)
-  writer = jax.process_index() == 0
-  files = JobFiles(out, dataclasses.asdict(settings)) if writer else None
-  done = -1
-  try:
-    if files is not None:
-      done = files.start(overwrite=opts.overwrite)
-  finally:
-    done = _broadcast_done(done)
-  if done < 0:
-    raise UsageError("process 0 could not start the synth job (see its error)")
-  skipped = _Skipped()
-  items = _items(settings, opts.strict, skipped)
-  if done:
-    log.info("synth: resuming %s: %d prompts already finished", out, done)
-    _skip_done(items, done, files.done_ids() if files is not None else None, files)
-  stats = _Stats()
-  try:
-    with log_lib.progress(desc="synth", unit="prompts", initial=done) as bar:
-      while chunk := list(itertools.islice(items, opts.chunk)):
-        records, rows = _chunk(model, tokenizer, stop_ids, settings, opts, check, chunk, stats)
-        if files is not None:
-          files.write(records, rows)
-        bar.update(len(chunk))
-        stats.postfix(bar)
-  finally:
-    if files is not None:
-      files.close()
-  if skipped.count:
-    log.warning("%s: skipped %d malformed record(s), e.g. %s", settings.prompts, skipped.count, "; ".join(skipped))
-  extra = {"malformed_records": skipped.count}
-  summary = files.summary(extra) if files is not None else {}
-  if writer:
+  def __init__(self, settings: Settings, out: str, opts: Options = Options()):
+    import jax
+    self.settings, self.out, self.opts = settings, out, opts
+    self.check = verify_lib.parse_verify(settings.verify)
+    self.files = JobFiles(out, dataclasses.asdict(settings)) if jax.process_index() == 0 else None
+    done = -1
+    try:
+      if self.files is not None:
+        done = self.files.start(overwrite=opts.overwrite)
+    finally:
+      done = _broadcast_done(done)
+    if done < 0:
+      raise UsageError("process 0 could not start the synth job (see its error)")
+    self.done = done
+
+  def run(self, model, tokenizer, stop_ids: Sequence[int]) -> dict[str, Any]:
+    """Decodes, checks and writes the prompts not finished yet; returns the stats of the whole job (written to
+    OUT.jsonl.stats.json; {} on processes other than 0). `model` may be sharded over a mesh."""
+    settings, opts, files, done = self.settings, self.opts, self.files, self.done
+    if settings.n > 1 and settings.temperature == 0:
+      log.warning("--n %d with --temperature 0: greedy decoding gives %d identical samples per prompt", settings.n,
+                  settings.n)
+    skipped = _Skipped()
+    items = _items(settings, opts.strict, skipped)
+    if done:
+      log.info("synth: resuming %s: %d prompts already finished", self.out, done)
+      _skip_done(items, done, files.done_ids() if files is not None else None, files)
+    stats = _Stats()
+    try:
+      with log_lib.progress(desc="synth", unit="prompts", initial=done) as bar:
+        while chunk := list(itertools.islice(items, opts.chunk)):
+          records, rows = _chunk(model, tokenizer, stop_ids, settings, opts, self.check, chunk, stats)
+          if files is not None:
+            files.write(records, rows)
+          bar.update(len(chunk))
+          stats.postfix(bar)
+    finally:
+      if files is not None:
+        files.close()
+    if skipped.count:
+      log.warning("%s: skipped %d malformed record(s), e.g. %s", settings.prompts, skipped.count,
+                  "; ".join(skipped))
+    if files is None:
+      return {}
+    summary = files.summary({"malformed_records": skipped.count})
     if summary["prompts"] == 0:
       raise DataError(f"prompts {settings.prompts!r}: no usable prompt" + (f" ({skipped[0]})" if skipped else ""))
     log.info("synth: %d prompts, %d samples, %d passed, %d kept (kept per prompt: %s); %s (stats in %s)",
              summary["prompts"], summary["samples"], summary["passed"], summary["kept"],
-             ", ".join(f"{k}: {v}" for k, v in summary["kept_per_prompt"].items()), out, files.stats_path)
-  return summary
+             ", ".join(f"{k}: {v}" for k, v in summary["kept_per_prompt"].items()), self.out, files.stats_path)
+    return summary
+
+
+def run(model, tokenizer, stop_ids: Sequence[int], settings: Settings, out: str,
+        opts: Options = Options()) -> dict[str, Any]:
+  """Starts (or resumes) a synth job writing `out` and runs it; returns its stats (see `Job`)."""
+  return Job(settings, out, opts).run(model, tokenizer, stop_ids)

@@ -8,8 +8,9 @@
 A chunk of prompts is finished at a time: its records are appended to OUT (one write call), then its rows to
 the progress file. A restarted job reads the progress file: the prompts it lists are done (the runner skips
 them, checking their ids against the input), and OUT is cut back to the records they kept, which drops a torn
-line or the records of a chunk whose progress rows were never written. A job started with other settings
-than the ones the progress file holds is refused. Files are read as streams: memory does not grow with them.
+line or the records of a chunk whose progress rows were never written. Once a prompt is finished, a job
+started with other settings than the ones the progress file holds is refused. Files are read as streams:
+memory does not grow with them.
 
 A remote OUT (gs://...) is appended to through local mirrors (`io.JsonlLog`) uploaded OUT first, progress
 second, every `io.UPLOAD_EVERY_S` and at the end, so the progress file never lists a prompt whose records are
@@ -119,21 +120,22 @@ class JobFiles:
       if done is None:
         if not isinstance(row, dict) or "settings" not in row:
           break
-        self._check_settings(row["settings"])
+        old_settings = row["settings"]
         done = 0
       else:
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("kept"), int):
           break
         done, kept = done + 1, kept + row["kept"]
       end = offset
-    return done, kept, end
+    if done and old_settings != self.settings:
+      self._refuse(old_settings)
+    return (None if done == 0 else done), kept, end  # nothing finished yet: start afresh, whatever the settings
 
-  def _check_settings(self, old: dict[str, Any]) -> None:
-    if old != self.settings:
-      diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
-      shown = ", ".join(f"{k}: {old.get(k)!r} then, {self.settings.get(k)!r} now" for k in diff)
-      raise UsageError(f"{self.out} was started with other settings ({shown}); rerun with the same ones to "
-                       "resume it, or pass --overwrite to start again, or choose another --out")
+  def _refuse(self, old: dict[str, Any]) -> None:
+    diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} then, {self.settings.get(k)!r} now" for k in diff)
+    raise UsageError(f"{self.out} was started with other settings ({shown}); rerun with the same ones to "
+                     "resume it, or pass --overwrite to start again, or choose another --out")
 
   def _cut_out(self, kept: int) -> None:
     """Cuts OUT back to the first `kept` records (the ones the progress file accounts for)."""

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jaxtune import synth
+from jaxtune.synth import job as synth
 from jaxtune.generate import load_model
 from tests.helpers.hf_models import FAMILIES, make_tiny_chat_model
 from tests.test_generate import _hf_greedy
@@ -160,7 +160,11 @@ def test_each_verify_mode_keeps_exactly_the_right_samples(llama, tmp_path):
 
 
 def test_a_killed_job_restarts_into_the_same_file(llama, tmp_path, monkeypatch):
-  from tests.helpers.cli import jaxtune
+  """Killed on one device mid-file (SIGKILL from inside its verify function), then the tail damaged as a kill
+  in the middle of a write would leave it; restarted on a (2, 2, 2) mesh of 8 devices."""
+  import subprocess
+
+  from tests.helpers.cli import ROOT, cli_cmd, cli_env, jaxtune
   model_dir, (model, tok, stop) = llama
   P = 12
   prompts = _write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(P, [f"r{i}" for i in range(P)]))
@@ -185,14 +189,65 @@ def test_a_killed_job_restarts_into_the_same_file(llama, tmp_path, monkeypatch):
     f.write('{"id": 6, "sam')
 
   monkeypatch.delenv("SYNTH_KILL_AT")
-  p = jaxtune(*cli)
+  # resumed on 8 devices with a (2, 2, 2) mesh: the rest of the file is the same as on one device
+  env = dict(cli_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  p = subprocess.run(cli_cmd(*cli[:-2], "--batch-size", "4", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                             "--config.mesh.tensor=2"), cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert p.returncode == 0, p.stdout + p.stderr
   assert "resuming" in p.stdout and "6 prompts already finished" in p.stdout
+  assert "of 8 devices" not in p.stderr  # every device in the mesh (no "mesh ... uses N of 8 devices" warning)
   assert open(out).read() == whole
   stats = json.load(open(out + ".stats.json"))
   assert stats == json.load(open(str(tmp_path / "whole.jsonl") + ".stats.json"))
   assert stats["prompts"] == P and stats["kept_per_prompt"] == {"2": P}
 
-  p = jaxtune(*(cli[:-4] + ["--seed", "4"]), check=False)  # other settings: refused, the file untouched
-  assert p.returncode == 1 and "other settings (seed: 3 then, 4 now)" in p.stderr
+  from jaxtune import cli as cli_lib
+  with pytest.raises(SystemExit, match=r"other settings \(seed: 3 then, 4 now\)"):  # refused before the model loads
+    cli_lib.main([*cli[:-4], "--seed", "4"])
+  with pytest.raises(SystemExit, match=r"other settings \(model: .* then, '/nonexistent' now\)"):
+    cli_lib.main([*cli[:-4], "--model", "/nonexistent"])
   assert open(out).read() == whole
   assert os.path.exists(out + ".progress")
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--config.train.steps=3"], "reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
+                                 "--config.train.steps=3"),
+    (["--config.mesh.dat=2"], "unknown config key 'mesh.dat'"),
+    (["--verify", "regex:("], "not a valid regular expression"),
+    (["--keep", "best"], "--keep 'best': expected one of all, first, one-per-prompt"),
+    (["--n", "0"], "--n 0"),
+])
+def test_bad_arguments_are_one_error_line(args, msg, tmp_path):
+  from jaxtune import cli
+  with pytest.raises(SystemExit) as e:
+    cli.main(["synth", "--model", "m", "--prompts", "p.jsonl", "--out", str(tmp_path / "o.jsonl"), *args])
+  assert str(e.value).startswith("error: ") and msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_two_hosts_write_the_file_of_one_device(llama, tmp_path):
+  """Two `jax.distributed` processes of 4 devices each decode the global batch together (process 0 writes):
+  the same file as one device."""
+  import subprocess
+
+  from tests.helpers.cli import ROOT, cli_cmd
+  from tests.train.test_multiprocess import free_port
+  model_dir, (model, tok, stop) = llama
+  prompts = _write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(6))
+  kw = dict(n=2, temperature=1.0, max_new_tokens=6, seed=5)
+  synth.run(model, tok, stop, _settings(model_dir, prompts, **kw), str(tmp_path / "one.jsonl"))
+  out = str(tmp_path / "two.jsonl")
+  argv = cli_cmd("synth", "--model", str(model_dir), "--prompts", prompts, "--out", out, "--n", "2",
+                 "--temperature", "1", "--max-new-tokens", "6", "--seed", "5", "--batch-size", "8", "--chunk", "4")
+  port = free_port()
+  procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                     XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                     JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i)))
+           for i in range(2)]
+  outs = [pr.communicate(timeout=300)[0] for pr in procs]
+  assert [pr.returncode for pr in procs] == [0, 0], "\n".join(outs)
+  assert open(out).read() == (tmp_path / "one.jsonl").read_text()
+  assert "synth: 6 prompts" in outs[0] and "synth:" not in outs[1]  # process 0 alone reports

@@ -73,3 +73,14 @@ def test_a_file_that_is_not_a_jobs_output_is_refused(tmp_path):
   files.close()
   with pytest.raises(UsageError, match="holds 1 records but"):
     _job(tmp_path / "p.jsonl")
+
+
+def test_a_job_that_finished_nothing_starts_afresh_with_new_settings(tmp_path):
+  out = tmp_path / "o.jsonl"
+  files, _ = _job(out)  # started (settings written), then killed before its first chunk was finished
+  files.close()
+  files, done = _job(out, {**SETTINGS, "seed": 1})
+  files.close()
+  assert done == 0
+  assert json.loads((tmp_path / "o.jsonl.progress").read_text().splitlines()[0]) == {"settings": {**SETTINGS,
+                                                                                                   "seed": 1}}
