@@ -25,6 +25,8 @@ from typing import Any, Mapping
 from jaxtune.errors import ConfigError
 
 MASK_MODES = ("assistant", "last_assistant", "none")
+REASONING_MODES = ("train", "drop")  # jaxtune.data.messages
+SYSTEM_MODES = ("keep", "merge_into_first_user")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "pretokenized", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
@@ -132,6 +134,11 @@ class DataCfg(_Section):
                       "tokens from the left)", choices=("drop", "truncate"), determinism=True)
   chat_template: str = key("", "for models without a template: a built-in (llama3, chatml) or a .jinja path",
                            determinism=True)
+  reasoning: str = key("train", "reasoning in replies (inline think tags or reasoning_content): train it with the answer "
+                       "as the template renders it, or drop it (train the answers only)", choices=REASONING_MODES,
+                       determinism=True)
+  system: str = key("keep", "system messages: keep, or merge_into_first_user for templates that refuse or drop a "
+                    "system role (Gemma 2, Mistral v0.3)", choices=SYSTEM_MODES, determinism=True)
   workers: int = key(0, "Grain worker processes for packing/batching (0: in the main process)", min=0,
                      determinism=True)
   cache_dir: str = key("", "cache tokenized examples (and DPO reference log-probs) here across runs; '' = off")
@@ -258,13 +265,6 @@ class DemoCfg(_Section):
   show: int = key(6, "sample answers printed", min=0)
 
 
-SECTIONS: dict[str, type] = {
-    "model": ModelCfg, "lora": LoraCfg, "data": DataCfg, "train": TrainCfg, "optim": OptimCfg, "mesh": MeshCfg,
-    "eval": EvalCfg, "checkpoint": CheckpointCfg, "run": RunCfg, "dpo": DpoCfg, "distill": DistillCfg,
-    "demo": DemoCfg,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelCfg = dataclasses.field(default_factory=ModelCfg)
@@ -303,6 +303,10 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# section name -> its dataclass, in declaration order: the fields of Config are the one list of sections.
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 
 
 def _nearest(name: str, known) -> str:

@@ -30,7 +30,8 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
                     lora_rank: int = 0, lora_alpha: float | None = None,
                     lora_targets: tuple[str, ...] = ALL_PROJECTIONS, dtype: str = "bfloat16",
                     param_dtype: str = "float32", remat: str = "full", seq_len: int = 4096,
-                    root: str = "/mnt/shared") -> ml_collections.ConfigDict:
+                    root: str = "/mnt/shared", objective: str = "sft", dpo_beta: float = 0.1
+                    ) -> ml_collections.ConfigDict:
   """The ConfigDict of a recipe that tunes hub model `model` as run `run`.
 
   `batch_size` is the global batch in rows of `seq_len` tokens; `batch_size /
@@ -38,6 +39,9 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   5% of `steps` and `checkpoint_every` to a quarter of it. `lora_rank` 0 is a
   full fine-tune; otherwise adapters of that rank train on `lora_targets`, with
   `lora_alpha` (default: twice the rank).
+
+  `objective` "dpo" tunes on preference pairs (`data/dpo_{train,eval}.jsonl`) with the sigmoid DPO loss
+  at `dpo_beta` and reference log-probs computed once and cached (memory as SFT's).
 
   `root` holds `data/sft_{train,eval}.jsonl` and `runs/<run>/`. Every process
   reads the data with open() and writes its own checkpoint shards, so on a
@@ -56,7 +60,8 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
     c.lora.alpha = 2.0 * lora_rank if lora_alpha is None else float(lora_alpha)
     c.lora.targets = tuple(lora_targets)
 
-  source = lambda split: {"path": os.path.join(root, "data", f"sft_{split}.jsonl"), "format": "messages",
+  fmt = "preference" if objective == "dpo" else "messages"
+  source = lambda split: {"path": os.path.join(root, "data", f"{objective}_{split}.jsonl"), "format": fmt,
                           "weight": 1.0}
   c.data.train = (source("train"),)
   c.data.eval = (source("eval"),)
@@ -64,6 +69,12 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.data.packing = True
   c.data.mask = "assistant"
 
+  c.train.objective = objective
+  if objective == "dpo":
+    c.dpo.loss = "sigmoid"
+    c.dpo.beta = dpo_beta
+    c.dpo.reference = "cached"
+    c.data.cache_dir = os.path.join(root, "cache")  # tokenized pairs and reference log-probs, shared by hosts
   c.train.batch_size = batch_size
   c.train.grad_accum = grad_accum
   c.train.steps = steps
@@ -85,4 +96,45 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.checkpoint.keep = 2
   c.checkpoint.async_save = True
   c.run.dir = os.path.join(root, "runs", run)
+  return c
+
+
+def cpu_recipe(arg: str | None = None, *, objective: str = "sft", run: str = "runs/tiny") -> ml_collections.ConfigDict:
+  """The small CPU recipe tests and quick local runs build on (configs/tiny.py, configs/dpo_tiny.py).
+
+  `arg` is "MODEL_DIR,DATA[,DATA...]" (`--config=configs/tiny.py:MODEL_DIR,DATA`). float32, 128-token
+  packed rows (256 for preference pairs, which share a row), 4 rows a step, 20 steps, one device.
+  `objective` "dpo" trains on preference data with the sigmoid loss, beta 0.1 and a cached reference.
+  """
+  c = default_config()
+  fmt = "preference" if objective == "dpo" else "auto"
+  if arg:
+    model_path, *data = arg.split(",")
+    c.model.path = model_path
+    c.data.train = tuple({"path": p, "format": fmt, "weight": 1.0} for p in data)
+  c.train.objective = objective
+  c.model.dtype = "float32"
+  c.model.param_dtype = "float32"
+  c.data.seq_len = 256 if objective == "dpo" else 128
+  c.data.packing = True
+  c.train.batch_size = 4
+  c.train.steps = 20
+  c.train.log_every = 5
+  c.train.seed = 0
+  c.optim.lr = 1e-4 if objective == "dpo" else 1e-3
+  c.optim.warmup_steps = 2
+  c.optim.schedule = "cosine"
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+  c.mesh.data = 1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.checkpoint.every = 10
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+  if objective == "dpo":
+    c.dpo.loss = "sigmoid"
+    c.dpo.beta = 0.1
+    c.dpo.reference = "cached"
+  c.run.dir = run
   return c

@@ -213,6 +213,8 @@ def memory(r: Recipe) -> Memory:
   mesh = full_mesh(r.sizes)
   sh = lambda axes, sds: mesh_lib.sharding_for(axes, sds.shape, mesh)
   param_bytes = sum(shard_bytes(s, sh(a, s)) for s, a in params.values())
+  if c.train.objective == "dpo" and c.dpo.reference == "live" and c.lora.rank == 0:
+    param_bytes *= 2  # a frozen copy of the starting weights is the reference (cached and LoRA add none)
   trainable = params
   if c.lora.rank > 0:  # frozen base weights (no moments, no gradients) + trained adapters
     trainable = lora_adapters(params, c.lora.rank, c.lora.targets, DTYPES[c.model.param_dtype])

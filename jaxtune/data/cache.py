@@ -20,7 +20,8 @@ from jaxtune import io
 from jaxtune.data import hf_datasets, records
 from jaxtune.data.examples import DataStats, ExampleStore
 
-VERSION = 2  # bump when the store's contents change meaning (2: sequences per example)
+# bump when the store's contents change meaning (2: sequences per example; 3: stats of reasoning, tools, lost messages)
+VERSION = 3
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -13,165 +13,51 @@ For those the mask is derived from the rendering itself:
 4. tokenize the text once with offsets and mark exactly the tokens of those
    character spans.
 
+Assistant turns with tool calls or reasoning (`messages.is_special`) hold more
+than their content; `turns.locate` finds them, and `turns.inference_form`
+rebuilds a final reply whose reasoning the template strips (DeepSeek-R1's).
+System/user/tool messages the rendering lost are reported (`Encoded.not_rendered`).
+
 Anything that does not line up raises `MaskMismatch`: a wrong mask is never
 returned silently. Templates with `{% generation %}` go through transformers.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxtune.data import templates
+from jaxtune.data import messages as msgs_lib
+from jaxtune.data import turns
+from jaxtune.data.messages import Conversation
+from jaxtune.data.rendering import (DropExample, MaskMismatch, end_of_turn_markers, has_generation_tags,  # noqa: F401
+                                    render, renders_reasoning_field, template_of, uses_tools)
+from jaxtune.data.tokenizer import add_template_tokens, load_tokenizer, template_special_tokens  # noqa: F401
 
 MASK_MODES = ("assistant", "last_assistant", "none")
-_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PLACEHOLDER = "\u27e6JXT:{}\u27e7"
 _PLACEHOLDER_RE = re.compile("\u27e6JXT:(\\d+)\u27e7")
-_SPECIAL_RE = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>")
 
 
-class DropExample(Exception):
-  """An example that yields no usable training data; `reason` is a short key."""
-
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
-    self.detail = detail
-
-
-class MaskMismatch(DropExample):
-  """The rendered chat and the replies do not line up; the mask would be wrong."""
-
-  def __init__(self, detail: str):
-    super().__init__("mask_mismatch", detail)
-
-
-def load_tokenizer(model_path: str, chat_template: str = ""):
-  """A fast tokenizer from an HF dir, with a chat template it can render.
-
-  `chat_template` (a built-in name or a .jinja path, `data.chat_template`) is
-  used when set, else the tokenizer's own template; neither is an error.
-  Special tokens the set template writes literally (`<|...|>`, `<start_of_turn>`,
-  ...) but the tokenizer lacks are added to it as special tokens (see
-  `add_template_tokens`); the model's embeddings must then grow to
-  `len(tokenizer)` (`jaxtune.models.resize.resize_vocab`). The added tokens and
-  their ids are logged and kept in `tokenizer.jaxtune_added_tokens`.
-  """
-  from transformers import AutoTokenizer
-  tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
-  if not getattr(tok, "is_fast", False):
-    raise ValueError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
-  tok.jaxtune_added_tokens = {}
-  if chat_template:
-    tok.chat_template = templates.resolve(chat_template)
-    added = add_template_tokens(tok, tok.chat_template)
-    if added:
-      logging.getLogger(__name__).warning(
-          "data.chat_template=%r needs special tokens the tokenizer at %s lacks: added %s (vocabulary now %d; "
-          "eos %r, pad %r); the model's embeddings grow to match, new rows = the mean of the old ones",
-          chat_template, model_path, ", ".join(f"{t}={i}" for t, i in added.items()), len(tok), tok.eos_token,
-          tok.pad_token)
-  elif not tok.chat_template:
-    raise templates.TemplateError(
-        f"the tokenizer at {model_path!r} has no chat template: set data.chat_template (jaxtune train) or "
-        f"--chat-template (jaxtune generate) to a built-in ({sorted(templates.BUILTIN)}) or a .jinja file")
-  return tok
-
-
-def template_special_tokens(template: str) -> list[str]:
-  """Special-token literals a template writes: `<|...|>` tags and the known turn markers, in order."""
-  found = {m.group(0): m.start() for m in reversed(list(_SPECIAL_RE.finditer(template)))}
-  for t in templates.TURN_TAGS:
-    if t in template:
-      found.setdefault(t, template.index(t))
-  return sorted(found, key=found.get)
-
-
-def add_template_tokens(tok, template: str) -> dict[str, int]:
-  """Adds the special tokens `template` needs and `tok` lacks; returns {token: new id}.
-
-  When tokens are added: a template that renders `bos_token` while the tokenizer
-  has none gets the built-in Llama 3 `<|begin_of_text|>` as bos (built-in llama3
-  only); eos becomes the template's end-of-turn marker if that marker was added
-  (or eos was unset) and the template does not itself render `eos_token`; an
-  unset pad becomes eos. `tok.jaxtune_added_tokens` records what was added.
-  """
-  needed = template_special_tokens(template)
-  wants_bos = "bos_token" in template and getattr(tok, "bos_token", None) is None
-  if wants_bos and template == templates.LLAMA3:
-    needed.insert(0, "<|begin_of_text|>")
-  missing = [t for t in needed if not _is_single_token(tok, t)]
-  if not missing:
-    return {}
-  try:
-    tok.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-  except TypeError:  # transformers 4.x
-    tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
-  still = [t for t in missing if not _is_single_token(tok, t)]
-  if still:
-    raise ValueError(f"could not add the special tokens {still} the chat template needs to the tokenizer")
-  added = {t: int(tok.convert_tokens_to_ids(t)) for t in missing}
-  if "<|begin_of_text|>" in added and wants_bos:
-    tok.bos_token = "<|begin_of_text|>"
-  eot = next((t for t in needed if t in templates.END_OF_TURN), None)
-  if eot is not None and "eos_token" not in template and (eot in added or getattr(tok, "eos_token", None) is None):
-    tok.eos_token = eot
-  if getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:
-    tok.pad_token = tok.eos_token
-  tok.jaxtune_added_tokens = {**getattr(tok, "jaxtune_added_tokens", {}), **added}
-  return added
-
-
-def _is_single_token(tok, token: str) -> bool:
-  return len(tok.encode(token, add_special_tokens=False)) == 1 and token in tok.get_vocab()
-
-
-def has_generation_tags(template: str | None) -> bool:
-  return bool(template) and bool(_GENERATION_RE.search(template))
-
-
-def _template(tokenizer) -> str:
-  """The template apply_chat_template uses (the default one of a named set)."""
-  t = tokenizer.chat_template
-  return t if isinstance(t, str) or t is None else tokenizer.get_chat_template()
-
-
-def end_of_turn_markers(tokenizer) -> tuple[str, ...]:
-  """Strings that may close an assistant turn, longest first."""
-  marks = set(templates.END_OF_TURN)
-  if getattr(tokenizer, "eos_token", None):
-    marks.add(tokenizer.eos_token)
-  return tuple(sorted(marks, key=len, reverse=True))
-
-
-def render(messages: Sequence[dict], tokenizer) -> str:
-  try:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False)
-  except Exception as e:  # jinja raise_exception(), missing keys, ...
-    raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
-
-
-def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "assistant") -> list[tuple[int, int]]:
-  """Character spans [start, end) in `text` of the trained replies plus end-of-turn."""
-  turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("content")]
-  keep = set(turns[-1:] if mask == "last_assistant" else turns)
+def _plain_spans(messages: Sequence[dict], text: str, tokenizer, turns: Sequence[int],
+                 tools: list | None) -> dict[int, tuple[int, int]]:
+  """{message index: span} of the replies `turns`, each located by a placeholder content."""
   marked = [dict(m) for m in messages]
   for k, i in enumerate(turns):
     if _PLACEHOLDER_RE.search(marked[i]["content"]):
       raise MaskMismatch("a reply contains the internal placeholder text")
     marked[i]["content"] = _PLACEHOLDER.format(k)
-  parts = _PLACEHOLDER_RE.split(render(marked, tokenizer))
+  parts = _PLACEHOLDER_RE.split(render(marked, tokenizer, tools))
   pieces, order = parts[0::2], [int(k) for k in parts[1::2]]
   if order != list(range(len(turns))):
     raise MaskMismatch(f"the template renders assistant replies {order}, expected {list(range(len(turns)))} once each")
   if not text.startswith(pieces[0]):
     raise MaskMismatch("the rendering before the first reply depends on the replies")
   marks = end_of_turn_markers(tokenizer)
-  spans, pos = [], len(pieces[0])
+  spans, pos = {}, len(pieces[0])
   for k, i in enumerate(turns):
     content, after = messages[i]["content"], pieces[k + 1]
     n = _rendered_reply_length(text, pos, content, after, last=k == len(turns) - 1)
@@ -182,12 +68,59 @@ def reply_spans(messages: Sequence[dict], text: str, tokenizer, mask: str = "ass
     mark = next((m for m in marks if after.startswith(m, ws)), None)
     if mark is None:
       raise MaskMismatch(f"no end-of-turn marker ({', '.join(marks)}) follows assistant reply {k}: {after[:40]!r}")
-    if i in keep:
-      spans.append((start, pos + ws + len(mark)))
+    spans[i] = (start, pos + ws + len(mark))
     pos += len(after)
   if pos != len(text):
     raise MaskMismatch("the rendered chat has text after the last template piece")
   return spans
+
+
+class Layout(NamedTuple):
+  """A conversation as rendered for training (`layout`)."""
+  text: str
+  spans: list | None  # None: every token is trained (mask "none")
+  not_rendered: list
+  reasoning: bool
+  tool_calls: bool
+
+
+def layout(conv: Conversation | Sequence[dict], tokenizer, mask: str = "assistant", *,
+           reasoning: str = "train", system: str = "keep") -> Layout:
+  """The rendered text of a conversation and the character spans to train (see the module doc)."""
+  conv = msgs_lib.as_conversation(conv)
+  with_reasoning, with_calls = _flags(conv)
+  if (with_calls or conv.tools) and not uses_tools(tokenizer):
+    raise DropExample("tools_unsupported", "the chat template has no tool support (it never reads tools / tool_calls)")
+  msgs = _prepared(conv, tokenizer, reasoning, system)
+  text = render(msgs, tokenizer, conv.tools)
+  if conv.tools and render(msgs, tokenizer) == text:
+    raise DropExample("tools_unsupported", "the chat template does not render the record's tools list")
+  special = [i for i, m in enumerate(msgs) if msgs_lib.is_special(m)]
+  spans = None
+  if mask != "none" or any(msgs_lib.has_reasoning(msgs[i]) for i in special):  # the text may change
+    text, spans = _spans(msgs, text, tokenizer, conv.tools, special, mask)
+  return Layout(text, None if mask == "none" else spans, msgs_lib.not_rendered(msgs, text), with_reasoning,
+                 with_calls)
+
+
+def _spans(msgs: list[dict], text: str, tokenizer, tools: list | None, special: list[int],
+           mask: str) -> tuple[str, list[tuple[int, int]]]:
+  plain = [i for i, m in enumerate(msgs) if m.get("role") == "assistant" and m.get("content") and i not in special]
+  replies = sorted(plain + special)
+  spans = _plain_spans(msgs, text, tokenizer, plain, tools) if plain else {}
+  for i in special:
+    turn = turns.locate(msgs, i, text, tokenizer, tools)
+    if msgs_lib.has_reasoning(msgs[i]) and not turn.reasoning_rendered and i == len(msgs) - 1:
+      if any(e > turn.region[0] for e in (s[1] for s in spans.values())):
+        raise MaskMismatch("a trained span follows the final reply")
+      text, spans[i] = turns.inference_form(msgs, i, text, turn, tokenizer, tools)
+    else:
+      spans[i] = turn.span
+  ordered = [spans[i] for i in sorted(spans)]
+  if any(b0 > a1 for (_, b0), (a1, _) in zip(ordered, ordered[1:])):
+    raise MaskMismatch("the trained spans of two assistant turns overlap")
+  keep = replies[-1:] if mask == "last_assistant" else replies
+  return text, [spans[i] for i in keep]
 
 
 def _rendered_reply_length(text: str, pos: int, content: str, after: str, last: bool) -> int | None:
@@ -233,10 +166,19 @@ def spans_to_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]], text: s
   return mask
 
 
-def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np.ndarray, np.ndarray]:
-  """transformers' {% generation %} mask, checked against the replies."""
+def _prepared(conv: Conversation, tokenizer, reasoning: str, system: str) -> list[dict]:
+  field = any(m.get(msgs_lib.REASONING_FIELD) for m in conv.messages) and renders_reasoning_field(tokenizer)
   try:
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+    return msgs_lib.for_template(conv, reasoning=reasoning, system=system, renders_reasoning_field=field)
+  except ValueError as e:
+    raise DropExample("bad_tool_call", str(e)) from e
+
+
+def _generation_mask(conv: Conversation, tokenizer, mask: str, reasoning: str, system: str) -> "Encoded":
+  """transformers' {% generation %} mask, checked against the replies."""
+  messages = _prepared(conv, tokenizer, reasoning, system)
+  try:
+    out = tokenizer.apply_chat_template(messages, tools=conv.tools, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
   except Exception as e:
     raise DropExample("template_error", f"{type(e).__name__}: {e}") from e
@@ -244,7 +186,8 @@ def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np
   gen = np.asarray(out["assistant_masks"], np.int32)
   edges = np.flatnonzero(np.diff(np.concatenate([[0], gen, [0]])))
   runs = list(zip(edges[0::2], edges[1::2]))
-  replies = [m["content"] for m in messages if m.get("role") == "assistant" and m.get("content")]
+  replies = [msgs_lib.split_reasoning(m)[1] for m in messages
+             if m.get("role") == "assistant" and (m.get("content") or m.get("tool_calls"))]
   if len(runs) != len(replies):
     raise MaskMismatch(f"{len(runs)} generation blocks for {len(replies)} assistant replies")
   for (a, b), reply in zip(runs, replies):
@@ -252,42 +195,54 @@ def _generation_mask(messages: Sequence[dict], tokenizer, mask: str) -> tuple[np
       raise MaskMismatch("a generation block does not contain its assistant reply")
   if mask == "last_assistant" and runs:
     gen[:runs[-1][0]] = 0
-  return ids, gen
+  lost = msgs_lib.not_rendered(messages, render(messages, tokenizer, conv.tools))
+  return _checked(ids, gen, Layout("", None, lost, *_flags(conv)))
 
 
-def encode_batch(conversations: Sequence[Sequence[dict]], tokenizer,
-                 mask: str = "assistant") -> list[tuple[np.ndarray, np.ndarray] | DropExample]:
-  """`tokenize_messages` over many conversations, one tokenizer call for all.
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """A tokenized example: int32 ids and loss mask (it unpacks as `ids, loss_mask = encoded`), and what
+  the rendering did with its messages."""
+  ids: np.ndarray
+  loss_mask: np.ndarray
+  not_rendered: tuple = ()  # roles of the system/user/tool messages the template did not render
+  reasoning: bool = False  # an assistant message carries reasoning
+  tool_calls: bool = False  # an assistant message calls tools
 
-  Returns per conversation either (ids, loss_mask) or the DropExample it raised.
+  def __iter__(self):
+    return iter((self.ids, self.loss_mask))
+
+
+def encode_batch(conversations: Sequence[Conversation | Sequence[dict]], tokenizer, mask: str = "assistant", *,
+                 reasoning: str = "train", system: str = "keep") -> list[Encoded | DropExample]:
+  """`tokenize_messages` over many conversations (message lists or `Conversation`s with tools),
+  one tokenizer call for all. Returns per conversation an `Encoded` or the DropExample it raised.
+  `reasoning` / `system`: `data.reasoning` and `data.system` (`messages.for_template`).
   """
   if mask not in MASK_MODES:
     raise ValueError(f"mask={mask!r} not in {MASK_MODES}")
-  if has_generation_tags(_template(tokenizer)) and mask != "none":
-    return [_guard(lambda c=c: _checked(*_generation_mask(c, tokenizer, mask))) for c in conversations]
-  prepared: list[Any] = []
-  for conv in conversations:
-    try:
-      text = render(conv, tokenizer)
-      spans = None if mask == "none" else reply_spans(conv, text, tokenizer, mask)
-      prepared.append((text, spans))
-    except DropExample as e:
-      prepared.append(e)
-  texts = [p[0] for p in prepared if not isinstance(p, DropExample)]
-  enc = encode_texts(tokenizer, texts)
-  results, j = [], 0
+  convs = [msgs_lib.as_conversation(c) for c in conversations]
+  if has_generation_tags(template_of(tokenizer)) and mask != "none":
+    return [_guard(lambda c=c: _generation_mask(c, tokenizer, mask, reasoning, system)) for c in convs]
+  prepared: list[Any] = [_guard(lambda c=c: layout(c, tokenizer, mask, reasoning=reasoning, system=system))
+                         for c in convs]
+  enc = iter(encode_texts(tokenizer, [p.text for p in prepared if not isinstance(p, DropExample)]))
+  results = []
   for p in prepared:
     if isinstance(p, DropExample):
       results.append(p)
       continue
-    text, spans = p
-    ids, offsets = enc[j]
-    j += 1
-    if spans is None:
-      results.append(_guard(lambda ids=ids: _checked(ids, np.ones_like(ids))))
+    ids, offsets = next(enc)
+    if p.spans is None:
+      results.append(_guard(lambda ids=ids, p=p: _checked(ids, np.ones_like(ids), p)))
     else:
-      results.append(_guard(lambda ids=ids, o=offsets, s=spans, t=text: _checked(ids, spans_to_mask(o, s, t))))
+      results.append(_guard(lambda ids=ids, o=offsets, p=p: _checked(ids, spans_to_mask(o, p.spans, p.text), p)))
   return results
+
+
+def _flags(conv: Conversation) -> tuple[bool, bool]:
+  return (any(msgs_lib.has_reasoning(m) for m in conv.messages),
+          any(m.get("role") == "assistant" and bool(m.get("tool_calls")) for m in conv.messages))
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -314,21 +269,23 @@ def _guard(fn):
     return e
 
 
-def _checked(ids: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _checked(ids: np.ndarray, loss_mask: np.ndarray, lay: Layout) -> Encoded:
   if ids.size == 0:
     raise DropExample("empty", "the template rendered no tokens")
   if not loss_mask.any():
     raise DropExample("no_loss_tokens", "no token is trained")
-  return ids.astype(np.int32), loss_mask.astype(np.int32)
+  return Encoded(ids.astype(np.int32), loss_mask.astype(np.int32), tuple(lay.not_rendered), lay.reasoning,
+                 lay.tool_calls)
 
 
-def tokenize_messages(messages: list[dict], tokenizer, mask: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_messages(messages: Conversation | list[dict], tokenizer, mask: str = "assistant", *,
+                      reasoning: str = "train", system: str = "keep") -> tuple[np.ndarray, np.ndarray]:
   """(ids, loss_mask) int32 arrays; loss_mask[t] == 1 iff ids[t] is trained.
 
   `mask`: "assistant" trains every assistant reply and its end-of-turn token,
   "last_assistant" only the last one, "none" every token. Raises DropExample.
   """
-  out = encode_batch([messages], tokenizer, mask)[0]
+  out = encode_batch([messages], tokenizer, mask, reasoning=reasoning, system=system)[0]
   if isinstance(out, DropExample):
     raise out
-  return out
+  return out.ids, out.loss_mask

@@ -23,6 +23,7 @@ from jaxtune.data import chat, packing, records
 from jaxtune.data import packing as packing_lib
 from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
 
+log = logging.getLogger(__name__)
 _BATCH = 256  # conversations per tokenizer call
 MAX_SAMPLES_PER_REASON = 10
 
@@ -39,6 +40,12 @@ class DataStats:
   dropped records that failed schema/JSON checks (the rest were valid
   conversations dropped later: overlong, template errors, no trained token).
   `tokens`/`loss_tokens` (and per source `examples`/`tokens`) are this split's.
+  `examples_with_reasoning` / `examples_with_tool_calls` count the examples kept
+  whose assistant turns carry reasoning / tool calls; `messages_not_rendered`
+  counts, by role, the system/user/tool messages of kept examples whose content
+  the chat template did not render (Mistral v0.3 drops the system message of a
+  conversation that ends with a reply; `data.system=merge_into_first_user`).
+  Those three describe everything loaded, before a held-out split.
   """
   records: int = 0
   malformed: int = 0
@@ -52,6 +59,9 @@ class DataStats:
   packing_efficiency: float = 0.0
   sources: list = dataclasses.field(default_factory=list)
   held_out: int = 0
+  examples_with_reasoning: int = 0
+  examples_with_tool_calls: int = 0
+  messages_not_rendered: dict = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -231,11 +241,14 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
 def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assistant",
                   overlong: str = "drop", strict: bool = False, shard_index: int = 0,
                   shard_count: int = 1, max_examples: int | None = None, preference: bool = False,
-                  packing: bool = True) -> tuple[ExampleStore, DataStats]:
+                  packing: bool = True, reasoning: str = "train",
+                  system: str = "keep") -> tuple[ExampleStore, DataStats]:
   """Reads, validates and tokenizes `sources` (SourceCfg-like) into a store.
 
   With `preference`, records are preference pairs (jaxtune.data.preference) and each example is two
   sequences, chosen and rejected, fitted to seq_len together (`packing`: one row) or each on its own.
+  `reasoning` / `system`: `data.reasoning` (train | drop) and `data.system` (keep | merge_into_first_user),
+  see `messages.for_template`.
   Raises DataError on the first bad record when `strict`; when a file (with
   one shard) or the whole split has no valid example, with the drop reasons.
   """
@@ -253,7 +266,7 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
   else:
     convert = records.convert
     tokenize = lambda items: _tokenize(items, tokenizer, builder, stats, file_counts, seq_len, mask,  # noqa: E731
-                                       overlong, strict, vocab)
+                                       overlong, strict, vocab, reasoning=reasoning, system=system)
   for src in sources:
     before = (stats.records, builder.n, stats.tokens)
     pending: list = []
@@ -279,8 +292,8 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
     raise DataError(f"no valid example in {stats.records} records (shard {shard_index}/{shard_count}): "
                     f"{stats.reasons()}")
   stats.examples = builder.n
-  logging.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
-               stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
+  log.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
+           stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
   return builder.build(), stats
 
 
@@ -296,20 +309,24 @@ def _pretokenized(ids: np.ndarray, loss_mask: np.ndarray, vocab: int, mask: str)
 
 
 def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict,
-              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int) -> None:
+              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int, *, reasoning: str,
+              system: str) -> None:
   if not items:
     return
   chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
   results: list = [None] * len(items)
-  for i, res in zip(chats, chat.encode_batch([items[i][2] for i in chats], tokenizer, mask) if chats else []):
+  encoded = chat.encode_batch([items[i][2] for i in chats], tokenizer, mask, reasoning=reasoning,
+                              system=system) if chats else []
+  for i, res in zip(chats, encoded):
     results[i] = res
   for (where, file, payload), res in zip(items, results):
     try:
       if isinstance(payload, tuple):
-        res = _pretokenized(*payload, vocab=vocab, mask=mask)
+        res = chat.Encoded(*_pretokenized(*payload, vocab=vocab, mask=mask))
       if isinstance(res, chat.DropExample):
         raise res
-      ids, loss_mask, truncated = packing.prepare_example(*res, seq_len=seq_len, overlong=overlong)
+      ids, loss_mask, truncated = packing.prepare_example(res.ids, res.loss_mask, seq_len=seq_len,
+                                                          overlong=overlong)
     except (records.MalformedRecord, chat.DropExample) as e:
       _note_drop(stats, where, e, strict)
       continue
@@ -318,6 +335,20 @@ def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts
     stats.truncated += truncated
     stats.tokens += len(ids)
     stats.loss_tokens += int(loss_mask.sum())
+    _note_rendering(stats, where, res)
+
+
+def _note_rendering(stats: DataStats, where: str, res: chat.Encoded) -> None:
+  """Counts reasoning, tool calls and the messages the template lost; warns at the first lost one."""
+  stats.examples_with_reasoning += res.reasoning
+  stats.examples_with_tool_calls += res.tool_calls
+  if res.not_rendered and not stats.messages_not_rendered:
+    log.warning("data: the chat template does not render the content of some messages (roles %s at %s, for one); "
+                "they are counted in data stats (messages_not_rendered)%s", sorted(set(res.not_rendered)), where,
+                "; data.system=merge_into_first_user puts system messages into the first user turn"
+                if "system" in res.not_rendered else "")
+  for role in res.not_rendered:
+    stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
 
 
 def _note_drop(stats: DataStats, where: str, e: Exception, strict: bool) -> None:

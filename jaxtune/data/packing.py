@@ -8,14 +8,17 @@ within its segment. For example, with seq_len=6 and examples of lengths 3 and 2:
   segment_ids = [ 1  1  1  2  2 0]
   positions   = [ 0  1  2  0  1 0]
 
-Unpacked mode puts one example per row, padded, with segment id 1. Rows are
-assigned first-fit in arrival order, so the result is a pure function of the
-input order.
+Unpacked mode puts one example per row, padded, with segment id 1. How examples
+are grouped into rows is a `fit(lengths, seq_len) -> rows` function: `first_fit`
+(arrival order; the default of `pack_rows`) or `best_fit_decreasing` (longest
+first, each into the fullest row it fits; what the pipeline packs its windows
+with). Both are pure functions of their input (and seed), so resume stays exact.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import bisect
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -63,12 +66,46 @@ def first_fit(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
   return rows
 
 
+def best_fit_decreasing(lengths: Sequence[int], seq_len: int, seed: int | None = None) -> list[list[int]]:
+  """Groups item indices into rows of total length <= seq_len, best fit decreasing.
+
+  Items go longest first (ties: lower index first), each into the row it leaves
+  least room in (ties: the earlier row), else a new row. A row lists its items in
+  index order; rows come in order of creation, or in a permutation drawn from
+  `seed`. For example, lengths [3, 2, 4, 1, 2] at seq_len 5: 4 opens row 0, 3
+  opens row 1, 2 fills row 1, 2 opens row 2, 1 fills row 0: [[2, 3], [0, 1], [4]].
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size and lengths.max() > seq_len:
+    i = int(np.argmax(lengths))
+    raise ValueError(f"item {i} has length {int(lengths[i])} > seq_len={seq_len}")
+  rooms: list[tuple[int, int]] = []  # (room left, row), sorted
+  rows: list[list[int]] = []
+  for i in np.argsort(-lengths, kind="stable").tolist():
+    n = int(lengths[i])
+    k = bisect.bisect_left(rooms, (n, -1))  # the least room that still fits n, earliest row on ties
+    if k == len(rooms):
+      r, room = len(rows), seq_len
+      rows.append([])
+    else:
+      room, r = rooms.pop(k)
+    rows[r].append(i)
+    bisect.insort(rooms, (room - n, r))
+  rows = [sorted(r) for r in rows]
+  if seed is not None:
+    rows = [rows[j] for j in np.random.default_rng(seed).permutation(len(rows))]
+  return rows
+
+
+Fit = Callable[[Sequence[int], int], list]
+
+
 def pack_rows(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, *,
-              pad_id: int = 0, packing: bool = True) -> dict[str, np.ndarray]:
-  """Examples -> {field: int32 [rows, seq_len]} for FIELDS."""
+              pad_id: int = 0, packing: bool = True, fit: Fit = first_fit) -> dict[str, np.ndarray]:
+  """Examples -> {field: int32 [rows, seq_len]} for FIELDS, grouped into rows by `fit`."""
   lengths = [len(ids) for ids, _ in examples]
   if packing:
-    rows = first_fit(lengths, seq_len)
+    rows = fit(lengths, seq_len)
   else:
     if lengths and max(lengths) > seq_len:
       raise ValueError(f"an example has length {max(lengths)} > seq_len={seq_len}")
@@ -99,30 +136,33 @@ def unpack_rows(rows: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarra
   return out
 
 
-def windows_efficiency(lengths: np.ndarray, seq_len: int, window: int, packing: bool = True) -> float:
-  """Fraction of row slots holding real tokens when packing `lengths` in windows."""
+def windows_efficiency(lengths: np.ndarray, seq_len: int, window: int, packing: bool = True,
+                       fit: Fit = first_fit) -> float:
+  """Fraction of row slots holding real tokens when packing `lengths` in windows with `fit`."""
   lengths = np.asarray(lengths, np.int64)
   if lengths.size == 0:
     return 0.0
   if not packing:
     return float(lengths.sum() / (lengths.size * seq_len))
-  n_rows = sum(len(first_fit(lengths[i:i + window], seq_len)) for i in range(0, lengths.size, window))
+  n_rows = sum(len(fit(lengths[i:i + window], seq_len)) for i in range(0, lengths.size, window))
   return float(lengths.sum() / (n_rows * seq_len))
 
 
 def pack_units(units: Sequence[Sequence[tuple[int, np.ndarray, np.ndarray]]], seq_len: int, *, pad_id: int = 0,
-               packing: bool = True, segments: int, values: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               packing: bool = True, segments: int, values: np.ndarray | None = None,
+               fit: Fit = first_fit) -> dict[str, np.ndarray]:
   """Units of sequences that must stay together (a preference pair: chosen, rejected) -> rows.
 
-  Each unit is a list of (stored sequence id, ids, mask). Packed: whole units share rows (first fit on the
-  units' total lengths), each sequence its own segment, a unit's sequences in consecutive segments.
+  Each unit is a list of (stored sequence id, ids, mask). Packed: whole units share rows (grouped by `fit`,
+  first fit by default, on the units' total lengths), each sequence its own segment, a unit's sequences in
+  consecutive segments.
   Unpacked: each sequence its own row, a unit's rows consecutive. Besides FIELDS the rows carry
   `seq_ids` [rows, segments] (the stored sequence in each segment slot, -1 = empty) and, with `values`
   (a float per stored sequence), `ref_logps` [rows, segments].
   """
   lengths = [sum(len(ids) for _, ids, _ in u) for u in units]
   if packing:
-    rows = [[s for i in members for s in units[i]] for members in first_fit(lengths, seq_len)]
+    rows = [[s for i in members for s in units[i]] for members in fit(lengths, seq_len)]
   else:
     rows = [[s] for u in units for s in u]
   out = {k: np.zeros((len(rows), seq_len), np.int32) for k in FIELDS}

@@ -4,7 +4,8 @@ The stream, all of it a pure function of (data, seed, shard):
 
   per source:  example ids in a new seeded permutation each epoch (infinite)
   mixed:       MapDataset.mix(sources, weights)                  (exact interleaving)
-  windows:     batch(K example ids) -> map(pack window)          (first-fit rows)
+  windows:     batch(K example ids) -> map(pack window)          (best fit decreasing, rows
+                                                                  in a seeded order)
   rows:        FlatMapIterDataset(split rows) -> batch(batch_size)
 
 The iterator state is two small integers (window, row in window), so
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import sys
+import zlib
 
 import grain
 import numpy as np
@@ -30,27 +33,36 @@ from jaxtune.data import cache, packing
 from jaxtune.data.examples import DataError, DataStats, ExampleStore, load_examples, split_holdout
 
 ROWS_PER_WINDOW = 64  # rows packed together (at least one batch)
+# Names how examples become rows; a checkpoint records it, and a run resumed under another layout (it would
+# see other rows from the resume point on) is refused unless checkpoint.allow_config_change.
+LAYOUT = "best-fit-decreasing-v1"
 MAX_EFFICIENCY_EXAMPLES = 1 << 17  # packing_efficiency is measured on at most this many
 
 
 class _PackWindow:
   """Example ids -> packed rows {field: [rows, seq_len]} (picklable for workers).
 
-  A store of several sequences per example (preference pairs) is packed by `packing.pack_units` into
-  `segments` slots per row, with `values` (set before iterating: reference log-probs) per sequence."""
+  Rows are best fit decreasing within the window; their order is a permutation
+  seeded by (seed, the window's ids), so longest-first packing does not put the
+  long examples of a window into its first batches. A store of several sequences
+  per example (preference pairs) is packed by `packing.pack_units` into `segments`
+  slots per row, with `values` (set before iterating: reference log-probs) per sequence.
+  """
 
-  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool, segments: int = 0):
+  def __init__(self, store: ExampleStore, seq_len: int, pad_id: int, pack: bool, seed: int, segments: int = 0):
     self.store, self.seq_len, self.pad_id, self.pack, self.segments = store, seq_len, pad_id, pack, segments
+    self.seed = seed
     self.values: np.ndarray | None = None
 
   def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    ids = np.atleast_1d(ids)
+    ids = np.atleast_1d(np.asarray(ids, np.int64))
+    fit = functools.partial(packing.best_fit_decreasing, seed=_seed(self.seed, zlib.crc32(ids.tobytes())))
     if self.store.group == 1:
       examples = [self.store.get(int(i)) for i in ids]
-      return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack)
+      return packing.pack_rows(examples, self.seq_len, pad_id=self.pad_id, packing=self.pack, fit=fit)
     units = [self.store.unit(int(i)) for i in ids]
     return packing.pack_units(units, self.seq_len, pad_id=self.pad_id, packing=self.pack, segments=self.segments,
-                              values=self.values)
+                              values=self.values, fit=fit)
 
 
 class _SplitRows(grain.experimental.FlatMapTransform):
@@ -190,7 +202,8 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
   the last result for the same key is returned again (in this process) instead of
   tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
-                  strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count)
+                  strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count,
+                  reasoning=data_cfg.reasoning, system=data_cfg.system)
   if preference:  # pairs are fitted to rows differently packed and unpacked
     settings.update(preference=True, packing=data_cfg.packing)
   cache_dir = data_cfg.cache_dir
@@ -238,11 +251,12 @@ def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_ind
   seq_len, pack, pad_id = data_cfg.seq_len, data_cfg.packing, _pad_id(tokenizer)
   window = window_size(store, seq_len, batch_size, pack)
   order = np.random.default_rng(_seed(seed, 1 << 20)).permutation(len(store))[:MAX_EFFICIENCY_EXAMPLES]
-  stats.packing_efficiency = packing.windows_efficiency(store.lengths[order], seq_len, window, pack)
+  stats.packing_efficiency = packing.windows_efficiency(store.lengths[order], seq_len, window, pack,
+                                                       fit=packing.best_fit_decreasing)
   if not pack:  # each sequence of an example (a pair's two sides) takes its own row
     stats.packing_efficiency /= store.group
   segments = packing.segment_slots(store.lengths, store.group, seq_len, pack) if store.group > 1 else 0
-  packer = _PackWindow(store, seq_len, pad_id, pack, segments)
+  packer = _PackWindow(store, seq_len, pad_id, pack, _seed(seed, 1 << 21), segments)
   read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
   train = _stream(store, [s.weight for s in sources], seed).batch(window).map(packer)

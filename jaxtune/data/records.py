@@ -15,8 +15,16 @@ record / dataset row. A line (record) that cannot be decoded is yielded as a
 counts it like any other bad record.
 
 `to_messages(record, fmt)` converts one record of a known format to a list of
-`{"role", "content", ...}` dicts, or raises `MalformedRecord(reason)`. Records with
-`input_ids` (format "pretokenized") skip the chat template: `pretokenized.to_arrays`.
+`{"role", "content", ...}` dicts, or raises `MalformedRecord(reason)`; `to_conversation`
+adds the record's `tools`. Records with `input_ids` (format "pretokenized") skip the chat
+template: `pretokenized.to_arrays`.
+
+Tool calling: a top-level `tools` list (JSON-schema functions, or a JSON string of one),
+assistant messages with OpenAI `tool_calls` (`content` may then be empty or null) and
+`tool` messages with the results; in sharegpt, `function_call` turns (a JSON object
+`{"name", "arguments"}` or a list of them) and `observation` turns. Reasoning comes inline
+(`<think>...</think>` before the answer) or in `reasoning_content` (also read from
+`reasoning` / `thinking`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any, Iterator
 
 from jaxtune import io
 from jaxtune.data import hf_datasets, pretokenized
+from jaxtune.data.messages import REASONING_FIELD, Conversation, tool_calls
 from jaxtune.errors import DataError, MissingPathError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -41,6 +50,8 @@ _SHAREGPT_ROLES = {
     "assistant": "assistant", "chatgpt": "assistant", "model": "assistant",
     "tool": "tool", "function": "tool", "observation": "tool", "function_response": "tool",
 }
+_SHAREGPT_CALLS = ("function_call", "tool_call", "tool_calls")  # assistant turns whose value is the call(s)
+_REASONING_ALIASES = (REASONING_FIELD, "reasoning", "thinking")
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet", pretokenized.SUFFIX)
 HF_KINDS = ("hf_disk", "hf_hub")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -194,15 +205,15 @@ def detect_format(record: Any) -> str | None:
   return None
 
 
-def convert(record: Any, fmt: str) -> list[dict] | tuple[Any, Any]:
-  """`to_messages`, or (input_ids, loss_mask) int32 arrays for a pre-tokenized record
+def convert(record: Any, fmt: str) -> Conversation | tuple[Any, Any]:
+  """`to_conversation`, or (input_ids, loss_mask) int32 arrays for a pre-tokenized record
   (format "pretokenized", or "auto" and an `input_ids` key)."""
   if isinstance(record, MalformedRecord):
     raise record
   if fmt == "auto" and isinstance(record, dict) and "input_ids" in record:
     fmt = PRETOKENIZED
   if fmt != PRETOKENIZED:
-    return to_messages(record, fmt)
+    return to_conversation(record, fmt)
   if not isinstance(record, dict):
     raise MalformedRecord("not_an_object", f"record is a {type(record).__name__}")
   try:
@@ -215,6 +226,11 @@ def convert(record: Any, fmt: str) -> list[dict] | tuple[Any, Any]:
 def to_messages(record: Any, fmt: str, *, require_reply: bool = True) -> list[dict]:
   """One record of format `fmt` as validated chat messages (with an assistant reply
   unless `require_reply` is False: prompts to generate from)."""
+  return to_conversation(record, fmt, require_reply=require_reply).messages
+
+
+def to_conversation(record: Any, fmt: str, *, require_reply: bool = True) -> Conversation:
+  """`to_messages` with the record's top-level `tools` list."""
   if isinstance(record, MalformedRecord):
     raise record
   if not isinstance(record, dict):
@@ -239,7 +255,7 @@ def to_messages(record: Any, fmt: str, *, require_reply: bool = True) -> list[di
     msgs = _from_prompt_completion(record)
   else:
     raise ValueError(f"unknown data format {fmt!r}; known: {FORMATS + ('auto',)}")
-  return validate(msgs, require_reply=require_reply)
+  return Conversation(validate(msgs, require_reply=require_reply), _tools(record.get("tools")))
 
 
 def validate(msgs: list[dict], *, require_reply: bool = True) -> list[dict]:
@@ -251,15 +267,47 @@ def validate(msgs: list[dict], *, require_reply: bool = True) -> list[dict]:
     if role not in ROLES:
       raise MalformedRecord("unknown_role", f"message {i} has role {role!r}")
     content = m.get("content")
-    if content is None and role == "assistant" and m.get("tool_calls"):
+    calls = role == "assistant" and bool(m.get("tool_calls"))
+    if content is None and calls:
       continue
     if not isinstance(content, str):
       raise MalformedRecord("bad_content", f"message {i} content is a {type(content).__name__}")
-    if not content.strip():
+    if not content.strip() and not calls:
       raise MalformedRecord("empty_content", f"message {i} ({role}) is empty")
-  if require_reply and not any(m["role"] == "assistant" and m.get("content") for m in msgs):
+    if not isinstance(m.get(REASONING_FIELD, ""), str):
+      raise MalformedRecord("bad_content", f"message {i} {REASONING_FIELD} is not a string")
+  if require_reply and not any(m["role"] == "assistant" and (m.get("content") or m.get("tool_calls"))
+                               for m in msgs):
     raise MalformedRecord("no_assistant", "no assistant reply to train on")
   return msgs
+
+
+def _json(value: Any, what: str) -> Any:
+  """A value that may be given as a JSON string, decoded."""
+  if not isinstance(value, str):
+    return value
+  try:
+    return json.loads(value)
+  except json.JSONDecodeError as e:
+    raise MalformedRecord("bad_tool_call" if "call" in what else "bad_tools", f"{what} is not valid JSON: {e}") from e
+
+
+def _tools(raw: Any) -> list | None:
+  """The top-level `tools` list (JSON-schema function definitions), or None."""
+  if raw is None or raw == "" or raw == []:
+    return None
+  tools = _json(raw, "'tools'")
+  if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+    raise MalformedRecord("bad_tools", "'tools' is not a list of objects")
+  return tools
+
+
+def _tool_calls(raw: Any, i: int) -> list[dict]:
+  calls = _json(raw, f"turn {i} tool call")
+  try:
+    return tool_calls(calls)
+  except ValueError as e:
+    raise MalformedRecord("bad_tool_call", f"turn {i}: {e}") from e
 
 
 def _text(content: Any, i: int) -> Any:
@@ -290,8 +338,15 @@ def _from_messages(record: dict) -> list[dict]:
       raise MalformedRecord("bad_schema", f"message {i} has no 'role'")
     if "content" not in m and not m.get("tool_calls"):
       raise MalformedRecord("missing_content", f"message {i} has no 'content'")
-    msg = {k: v for k, v in m.items() if v is not None}
+    msg = {k: v for k, v in m.items() if v is not None and k not in _REASONING_ALIASES}
     msg["content"] = _text(m.get("content"), i)
+    if m.get("role") == "tool" and isinstance(msg["content"], (dict, list)):
+      msg["content"] = json.dumps(msg["content"], ensure_ascii=False)
+    if not msg.get("tool_calls"):
+      msg.pop("tool_calls", None)
+    thought = next((m[k] for k in _REASONING_ALIASES if m.get(k) not in (None, "")), None)
+    if thought is not None:
+      msg[REASONING_FIELD] = thought
     out.append(msg)
   return out
 
@@ -306,7 +361,16 @@ def _from_sharegpt(record: dict) -> list[dict]:
       raise MalformedRecord("bad_schema", f"turn {i} has no 'from'")
     if "value" not in m:
       raise MalformedRecord("missing_content", f"turn {i} has no 'value'")
-    role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
+    who = str(m["from"]).lower()
+    if who in _SHAREGPT_CALLS:
+      calls = _tool_calls(m["value"], i)
+      prev = out[-1] if out else None
+      if prev is not None and prev["role"] == "assistant" and not prev.get("tool_calls"):
+        prev["tool_calls"] = calls  # text then calls: one assistant message holding both
+      else:
+        out.append({"role": "assistant", "content": None, "tool_calls": calls})
+      continue
+    role = _SHAREGPT_ROLES.get(who)
     if role is None:
       raise MalformedRecord("unknown_role", f"turn {i} is from {m['from']!r}")
     out.append({"role": role, "content": m["value"]})

@@ -33,7 +33,8 @@ def inspect(cfg, n: int = 3, *, color: bool = False) -> list[dict]:
   tok = _tokenizer(cfg)
   d = cfg.data
   store, _ = load_examples(d.train, tok, seq_len=d.seq_len, mask=d.mask, overlong=d.overlong,
-                           strict=d.strict, max_examples=n, preference=_preference(cfg), packing=d.packing)
+                           strict=d.strict, max_examples=n, preference=_preference(cfg), packing=d.packing,
+                           reasoning=d.reasoning, system=d.system)
 
   def one(ids, mask):
     return {"input_ids": ids.tolist(), "loss_mask": mask.tolist(), "text": render_example(tok, ids, mask, color=color)}

@@ -107,3 +107,38 @@ def report_after(cfg, model, tokenizer, export_dir, *, samples: Sequence[dict] |
     log(f"[demo] tuned model exported to {export_dir}")
     log(f"[demo] try it: jaxtune generate --model {export_dir} --prompt 'Reverse: jaxtune'")
   return r.accuracy
+
+
+def preference_accuracy(cfg, model, tokenizer, pairs_path: str) -> float:
+  """The fraction of pairs of `pairs_path` whose chosen reply `model` gives a higher log-prob than the
+  rejected one (its own preference, meaningful before DPO as after)."""
+  import dataclasses as dc
+
+  import jax
+  import numpy as np
+
+  from jaxtune.config import SourceCfg
+  from jaxtune.data.pipeline import build_pipeline
+  from jaxtune.train import loss as loss_lib
+
+  data = dc.replace(cfg.data, train=(SourceCfg(path=pairs_path, format="preference"),), eval=(), eval_fraction=0.0)
+  pipe = build_pipeline(data, tokenizer, batch_size=cfg.train.batch_size, seed=0, preference=True)
+  fn = jax.jit(lambda b: loss_lib.sequence_logps(model, b, b["seq_ids"].shape[1])[0])
+  logp = np.full(len(pipe.store.offsets) - 1, np.nan)
+  for batch in pipe.one_pass():
+    out = np.asarray(fn(batch))
+    sel = batch["seq_ids"] >= 0
+    logp[batch["seq_ids"][sel]] = out[sel]
+  chosen, rejected = logp[0::2], logp[1::2]
+  return float(np.mean(chosen > rejected))
+
+
+def report_preferences(label: str, cfg, model, tokenizer, pairs_path: str, reward_accuracy: float | None, *,
+                       log=_LOG.info) -> float:
+  """Prints the held-out preference figures of `model`: its own log-prob preference and the DPO reward
+  accuracy (None before training: every reward margin is then 0)."""
+  pref = preference_accuracy(cfg, model, tokenizer, pairs_path)
+  reward = ("50% (before training every reward margin is 0: a tie, counted half)" if reward_accuracy is None
+            else f"{reward_accuracy:.1%}")
+  log(f"[demo] held-out pairs {label}: reward accuracy {reward}; log p(chosen) > log p(rejected) on {pref:.1%}")
+  return pref

@@ -37,11 +37,12 @@ def masked_xent(logits_BxTxV: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
   return (nll_BxTm1 * w_BxTm1).sum(), w_BxTm1.sum()
 
 
-def _chunked_sum(model, batch, chunk: int, reduce, init, extra_BxTm1=()):
-  """sum over `chunk`-position slices of the targets of reduce(nll_BxC, w_BxC, *extra_BxC), never holding
-  full-vocabulary logits: the output projection and cross-entropy run over `chunk` positions at a time in
-  a scan, recomputed in the backward pass, so peak memory holds [B, chunk, V] float32 logits instead of
-  [B, T, V]. `extra_BxTm1` are further [B, T-1] arrays sliced the same way."""
+def chunked_sum(model, batch, chunk: int, reduce, init, extra_BxTm1=()):
+  """(the sum over `chunk`-position slices of the targets of reduce(logits_BxCxV, y_BxC, w_BxC, *extra_BxC),
+  target weights [B, T-1]), never holding full-vocabulary logits: the output projection runs over `chunk`
+  positions at a time in a scan, recomputed in the backward pass, so peak memory holds [B, chunk, V] float32
+  logits instead of [B, T, V]. `extra_BxTm1` are further [B, T-1, ...] arrays sliced the same way (a
+  teacher's hidden states, segment ids)."""
   ids_BxT = batch["input_ids"]
   h_BxTxD = model.hidden_states(ids_BxT, positions=batch["positions"], segment_ids=batch["segment_ids"])
   w_BxTm1 = target_weights(batch)
@@ -56,11 +57,10 @@ def _chunked_sum(model, batch, chunk: int, reduce, init, extra_BxTm1=()):
 
   @jax.checkpoint
   def chunk_sum(h_BxCxD, y_BxC, w_BxC, *extra):
-    logits = model.logits_from_hidden(h_BxCxD).astype(jnp.float32)
-    return reduce(optax.softmax_cross_entropy_with_integer_labels(logits, y_BxC), w_BxC, *extra)
+    return reduce(model.logits_from_hidden(h_BxCxD).astype(jnp.float32), y_BxC, w_BxC, *extra)
 
   def body(total, xs):
-    return total + chunk_sum(*xs), None
+    return jax.tree.map(jnp.add, total, chunk_sum(*xs)), None
 
   xs = (chunks(h_BxTm1xD), chunks(y_BxTm1), chunks(w_BxTm1)) + tuple(chunks(e) for e in extra_BxTm1)
   total, _ = jax.lax.scan(body, init, xs)
@@ -68,8 +68,9 @@ def _chunked_sum(model, batch, chunk: int, reduce, init, extra_BxTm1=()):
 
 
 def chunked_masked_xent(model, batch, chunk: int) -> tuple[jax.Array, jax.Array]:
-  """`masked_xent` without ever holding full-vocabulary logits (see `_chunked_sum`)."""
-  total, w_BxTm1 = _chunked_sum(model, batch, chunk, lambda nll, w: (nll * w).sum(), jnp.zeros((), jnp.float32))
+  """`masked_xent` without ever holding full-vocabulary logits (see `chunked_sum`)."""
+  reduce = lambda logits, y, w: (optax.softmax_cross_entropy_with_integer_labels(logits, y) * w).sum()  # noqa: E731
+  total, w_BxTm1 = chunked_sum(model, batch, chunk, reduce, jnp.zeros((), jnp.float32))
   return total, w_BxTm1.sum()
 
 
@@ -93,9 +94,12 @@ def sequence_logps(model, batch, num_segments: int, chunk: int = 0) -> tuple[jax
   packed row's per-sequence log-probs; chunked over the sequence when chunk > 0."""
   seg_BxTm1 = _target_segments(batch)
   if chunk and chunk < batch["input_ids"].shape[1] - 1:
-    reduce = lambda nll, w, seg: _per_segment(-nll * w, seg, num_segments)  # noqa: E731
+    def reduce(logits, y, w, seg):
+      nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return _per_segment(-nll * w, seg, num_segments)
+
     init = jnp.zeros((batch["input_ids"].shape[0], num_segments), jnp.float32)
-    logp_BS, w_BxTm1 = _chunked_sum(model, batch, chunk, reduce, init, (seg_BxTm1,))
+    logp_BS, w_BxTm1 = chunked_sum(model, batch, chunk, reduce, init, (seg_BxTm1,))
   else:
     logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
     w_BxTm1 = target_weights(batch)

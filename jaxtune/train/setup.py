@@ -23,6 +23,7 @@ import jaxtune
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
 from jaxtune.config import Config, compute_dtype, determinism_keys, jnp_dtype
+from jaxtune.data.pipeline import LAYOUT
 from jaxtune.errors import ConfigError, TrainingError
 from jaxtune.models.lora import attach_lora
 from jaxtune.models.resize import grow_for_tokenizer
@@ -75,11 +76,16 @@ def check_batch(cfg: Config, mesh) -> None:
                       f"train.grad_accum) is not divisible by mesh.data * mesh.fsdp = {batch_shards}")
 
 
-def check_resume_config(cfg: Config, saved: dict) -> None:
-  """Refuses a resume whose config changed a key that decides which tokens the run sees."""
+def check_resume_config(cfg: Config, meta: dict) -> None:
+  """Refuses a resume whose config changed a key that decides which tokens the run sees, or whose data
+  layout (how examples become rows) differs from the one the checkpoint was trained with."""
+  saved = json.loads(json.dumps(meta.get("config", {})))  # tuples and lists alike
   now = json.loads(json.dumps(cfg.to_dict()))
   changed = [f"{sec}.{k}: {saved[sec][k]!r} -> {now[sec][k]!r}" for sec, k in determinism_keys()
              if sec in saved and k in saved[sec] and saved[sec][k] != now[sec][k]]
+  if meta.get("data_layout", "first-fit-v0") != LAYOUT:
+    changed.append(f"the data layout: {meta.get('data_layout', 'first-fit-v0')!r} -> {LAYOUT!r} (this jaxtune packs "
+                   "rows differently)")
   if changed and not cfg.checkpoint.allow_config_change:
     raise TrainingError("cannot resume: these changes would break the run's determinism: " + "; ".join(changed)
                         + ". Use a new run.dir, or set checkpoint.allow_config_change=True.")
@@ -118,7 +124,7 @@ def build(cfg: Config) -> Run:
                     "(LoRA trains no embeddings)")
     if cfg.lora.rank > 0:
       attach_lora(model, cfg.lora, seed=cfg.train.seed, mesh=mesh)
-    frozen = objective.prepare(objectives.PrepareContext(
+    objective, frozen = objective.prepare(objectives.PrepareContext(
         cfg=cfg, model=model, mesh=mesh, tokenizer=tokenizer, pipelines={"train": pipeline, "eval": eval_pipeline}))
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     graphdef, state = init_state(model, tx)
@@ -133,7 +139,7 @@ def build(cfg: Config) -> Run:
     data_iter = pipeline.iterator()
     done = ckpt_lib.good_steps(manager, quarantine=is_main)
     if done:
-      check_resume_config(cfg, ckpt_lib.read_meta(manager, done[0]).get("config", {}))
+      check_resume_config(cfg, ckpt_lib.read_meta(manager, done[0]))
       state, _ = ckpt_lib.restore(manager, done[0], state, data_iter)
       if is_main:
         rundir.truncate_logs(cfg.run.dir, done[0])
@@ -156,5 +162,6 @@ def build(cfg: Config) -> Run:
   fpt = flops_per_token(param_count(state.params), mcfg.num_layers, mcfg.hidden_size, cfg.data.seq_len)
   return Run(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_dir=model_dir, objective=objective, pipeline=pipeline,
              data_iter=data_iter, graphdef=graphdef, state=state, frozen=frozen, step_fn=step_fn, manager=manager,
-             start=int(jax.device_get(state.step)), meta={"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__},
+             start=int(jax.device_get(state.step)),
+             meta={"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__, "data_layout": LAYOUT},
              flops_per_token=fpt, evaluate=evaluate, sampler=sampler)

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 
 import pytest
 
@@ -40,3 +41,23 @@ def conv(i, turns=1, system=None):
     msgs.append({"role": "user", "content": f"Question {i}.{t}: what is {i} + {t}?"})
     msgs.append({"role": "assistant", "content": f"The answer is {i + t}."})
   return {"messages": msgs}
+
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+# Family template -> the tiny tokenizer's base special-token set; the template's own markers are added
+# by chat.load_tokenizer, as for a base model tuned with an official template.
+FAMILIES = {"llama31": "llama3", "qwen25": "chatml", "qwen3": "chatml", "gemma2": "gemma", "gemma3": "gemma",
+            "mistral_v03": "mistral", "deepseek_r1": "deepseek"}
+
+
+@pytest.fixture(scope="session")
+def family_tok(tmp_path_factory):
+  """family_tok(name): a tiny tokenizer loaded with tests/data/templates/<name>.jinja (built once)."""
+  made = {}
+
+  def get(name):
+    if name not in made:
+      path, _ = make_tokenizer(str(tmp_path_factory.mktemp(name)), FAMILIES[name])
+      made[name] = chat.load_tokenizer(path, os.path.join(TEMPLATES, f"{name}.jinja"))
+    return made[name]
+  return get

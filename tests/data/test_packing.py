@@ -88,3 +88,41 @@ def test_windows_efficiency():
   assert packing.windows_efficiency([3, 2, 4, 1], 5, window=4) == 1.0
   assert packing.windows_efficiency([3, 2, 4, 1], 5, window=3) == 10 / 15  # rows [3 2] [4] | [1]
   assert packing.windows_efficiency([3, 2], 5, window=2, packing=False) == 0.5
+
+
+def test_best_fit_decreasing_hand_aligned():
+  # 4 opens row 0, 3 opens row 1, the first 2 fills row 1, the second opens row 2, 1 fills row 0.
+  assert packing.best_fit_decreasing([3, 2, 4, 1, 2], 5) == [[2, 3], [0, 1], [4]]
+  assert packing.first_fit([2, 2, 2, 2, 4, 4, 4, 4], 6) == [[0, 1, 2], [3, 4], [5], [6], [7]]
+  assert packing.best_fit_decreasing([2, 2, 2, 2, 4, 4, 4, 4], 6) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+  with pytest.raises(ValueError):
+    packing.best_fit_decreasing([3, 6], 5)
+  examples = [ex([11, 12, 13], [0, 1, 1]), ex([21, 22], [0, 1]), ex([31, 32, 33, 34], [0, 0, 1, 1])]
+  rows = packing.pack_rows(examples, 6, pad_id=9, fit=packing.best_fit_decreasing)
+  np.testing.assert_array_equal(rows["input_ids"], [[21, 22, 31, 32, 33, 34], [11, 12, 13, 9, 9, 9]])
+  np.testing.assert_array_equal(rows["segment_ids"], [[1, 1, 2, 2, 2, 2], [1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(rows["positions"], [[0, 1, 0, 1, 2, 3], [0, 1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(rows["loss_mask"], [[0, 1, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0]])
+
+
+def test_best_fit_decreasing_keeps_every_example_once_deterministically():
+  rng = np.random.default_rng(1)
+  seq_len = 64
+  examples = _random_examples(rng, 300, seq_len)
+  lengths = [len(e[0]) for e in examples]
+  key = lambda e: (tuple(e[0].tolist()), tuple(e[1].tolist()))
+  for seed in (None, 0, 7):
+    fit = lambda n, s, seed=seed: packing.best_fit_decreasing(n, s, seed=seed)
+    packed = packing.pack_rows(examples, seq_len, fit=fit)
+    assert sorted(map(key, packing.unpack_rows(packed))) == sorted(map(key, examples))  # each exactly once
+    again = packing.pack_rows(examples, seq_len, fit=fit)
+    for k in packing.FIELDS:
+      np.testing.assert_array_equal(packed[k], again[k])  # a pure function of the data and seed
+  rows = packing.best_fit_decreasing(lengths, seq_len)
+  assert all(sum(lengths[i] for i in r) <= seq_len for r in rows)
+  assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+  shuffled = packing.best_fit_decreasing(lengths, seq_len, seed=3)
+  assert sorted(map(tuple, shuffled)) == sorted(map(tuple, rows)) and shuffled != rows  # the seed orders rows only
+  assert len(rows) < len(packing.first_fit(lengths, seq_len))
+  assert packing.windows_efficiency(lengths, seq_len, 100, fit=packing.best_fit_decreasing) > \
+      packing.windows_efficiency(lengths, seq_len, 100)

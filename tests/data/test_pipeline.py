@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxtune.config import DataCfg, SourceCfg
+from jaxtune.data import packing
 from jaxtune.data.examples import load_examples
 from jaxtune.errors import DataError
 from jaxtune.data.pipeline import build_pipeline
@@ -263,3 +264,25 @@ def test_eval_fraction_config_checks():
     Config.from_dict(c)
   with pytest.raises(ConfigError, match="eval_fraction"):
     DataCfg(train=(SourceCfg(path="t.jsonl"),), eval_fraction=1.0)
+
+
+def test_short_examples_pack_best_fit_decreasing(tmp_path, chatml_tok):
+  # A few hundred short examples at seq 256: first fit in arrival order leaves rows a seventh empty.
+  rng = np.random.default_rng(0)
+  words = "the answer is forty two because six times seven".split()
+  rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                        {"role": "assistant", "content": " ".join(rng.choice(words, int(rng.integers(3, 60))))}]}
+          for i in range(300)]
+  p = build_pipeline(cfg(write_jsonl(tmp_path / "d.jsonl", rows)), chatml_tok, batch_size=8, seed=0)
+  lengths = p.store.lengths
+  first_fit = [packing.windows_efficiency(lengths[np.random.default_rng(s).permutation(len(lengths))], 256, p.window)
+               for s in range(4)]
+  assert max(first_fit) < 0.91 and p.stats.packing_efficiency >= 0.92
+  # One pass (windows in file order) holds every example once, in the rows best fit decreasing makes.
+  batches = list(p.one_pass())
+  assert sorted(e for b in batches for e in examples_of(b)) == sorted(store_examples(p.store))
+  used_rows = sum(int((b["segment_ids"] > 0).any(axis=1).sum()) for b in batches)
+  windows = [lengths[i:i + p.window] for i in range(0, len(lengths), p.window)]
+  assert used_rows == sum(len(packing.best_fit_decreasing(w, 256)) for w in windows)
+  assert used_rows < sum(len(packing.first_fit(w, 256)) for w in windows)
+  assert int(lengths.sum()) / (used_rows * 256) >= 0.9

@@ -120,3 +120,51 @@ def test_missing_files_are_errors(tmp_path):
     records.expand(str(tmp_path / "nope.jsonl"))
   with pytest.raises(FileNotFoundError):
     records.expand(str(tmp_path / "*.jsonl"))
+
+
+CALL = {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+
+
+def test_tool_calling_records():
+  tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+  rec = {"tools": tools, "messages": [m(U, "q"), {"role": A, "content": "", "tool_calls": [CALL]},
+                                      {"role": "tool", "content": {"y": 2}}, m(A, "a")]}
+  conv = records.to_conversation(rec, "auto")
+  assert conv.tools == tools and conv.messages[1]["content"] == "" and conv.messages[1]["tool_calls"] == [CALL]
+  assert conv.messages[2]["content"] == '{"y": 2}'  # a structured tool result becomes its JSON text
+  assert records.to_conversation({**rec, "tools": json.dumps(tools)}, "auto").tools == tools
+  only_call = {"messages": [m(U, "q"), {"role": A, "content": None, "tool_calls": [CALL]}]}
+  assert records.to_conversation(only_call, "messages").messages[1]["content"] is None  # a reply: a call
+  share = {"tools": json.dumps(tools), "conversations": [
+      {"from": "human", "value": "q"}, {"from": "gpt", "value": "Let me see."},
+      {"from": "function_call", "value": '{"name": "f", "arguments": {"x": 1}}'},
+      {"from": "observation", "value": "2"}, {"from": "function_call", "value": '[{"name": "f", "arguments": "{}"}]'},
+      {"from": "observation", "value": "3"}, {"from": "gpt", "value": "a"}]}
+  got = records.to_conversation(share, "auto")
+  assert got.tools == tools
+  assert got.messages[1] == {"role": A, "content": "Let me see.", "tool_calls": [CALL]}  # text and call: one turn
+  assert got.messages[3] == {"role": A, "content": None,
+                             "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}
+  assert [x["role"] for x in got.messages] == [U, A, "tool", A, "tool", A]
+
+
+def test_reasoning_field_aliases():
+  for key in ("reasoning_content", "reasoning", "thinking"):
+    out = to_messages({"messages": [m(U, "q"), {"role": A, "content": "a", key: "because"}]}, "messages")
+    assert out[1] == {"role": A, "content": "a", "reasoning_content": "because"}
+
+
+@pytest.mark.parametrize("rec,fmt,reason", [
+    ({"messages": [m(U, "q"), m(A, "a")], "tools": "{not json"}, "messages", "bad_tools"),
+    ({"messages": [m(U, "q"), m(A, "a")], "tools": {"name": "f"}}, "messages", "bad_tools"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{oops"}]},
+     "sharegpt", "bad_tool_call"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '{"arguments": {}}'}]},
+     "sharegpt", "bad_tool_call"),
+    ({"messages": [m(U, "q"), {"role": A, "content": "a", "reasoning_content": 3}]}, "messages", "bad_content"),
+    ({"messages": [m(U, "q"), {"role": A, "content": "", "tool_calls": []}]}, "messages", "empty_content"),
+])
+def test_malformed_tool_records(rec, fmt, reason):
+  with pytest.raises(MalformedRecord) as e:
+    to_messages(rec, fmt)
+  assert e.value.reason == reason

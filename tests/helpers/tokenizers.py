@@ -27,6 +27,13 @@ SPECIALS = {
         "tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
     },
+    # Base sets of families whose turn markers come from a .jinja template (added by chat.load_tokenizer).
+    "mistral": {"tokens": ["<unk>", "<s>", "</s>"], "bos_token": "<s>", "eos_token": "</s>", "pad_token": None},
+    "gemma": {"tokens": ["<pad>", "<eos>", "<bos>"], "bos_token": "<bos>", "eos_token": "<eos>",
+              "pad_token": "<pad>"},
+    "deepseek": {"tokens": ["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"],
+                 "bos_token": "<\uff5cbegin\u2581of\u2581sentence\uff5c>",
+                 "eos_token": "<\uff5cend\u2581of\u2581sentence\uff5c>", "pad_token": None},
 }
 
 _CORPUS = """\
@@ -46,9 +53,9 @@ def make_tokenizer(tmp_dir: str, template: str = "llama3", vocab: int = 320,
                    chat_template: str | None = None):
   """Builds and saves a tiny tokenizer; returns (path, tokenizer).
 
-  `template` names the special-token set ("llama3" or "chatml"); the chat
+  `template` names the special-token set (a key of SPECIALS); the chat
   template set on it is `chat_template` if given (None: the built-in of that
-  name; "": none at all).
+  name, none for sets without one; "": none at all).
   """
   spec = SPECIALS[template]
   tok = Tokenizer(models.BPE())
@@ -65,7 +72,7 @@ def make_tokenizer(tmp_dir: str, template: str = "llama3", vocab: int = 320,
   fast = PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token=spec["bos_token"], eos_token=spec["eos_token"],
       pad_token=spec["pad_token"], clean_up_tokenization_spaces=False)
-  fast.chat_template = templates.BUILTIN[template] if chat_template is None else (chat_template or None)
+  fast.chat_template = templates.BUILTIN.get(template) if chat_template is None else (chat_template or None)
   path = os.path.join(str(tmp_dir), f"tok_{template}")
   fast.save_pretrained(path)
   return path, fast

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from jaxtune.errors import ConfigError
 from jaxtune.train.objectives.base import Objective, Policy, PrepareContext
+from jaxtune.train.objectives.distill import Distill
 from jaxtune.train.objectives.dpo import DPO
 from jaxtune.train.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {SFT.name: SFT, DPO.name: DPO}
+OBJECTIVES: dict[str, type[Objective]] = {SFT.name: SFT, DPO.name: DPO, Distill.name: Distill}
 
 
 def for_config(cfg) -> Objective:
@@ -17,4 +18,4 @@ def for_config(cfg) -> Objective:
   return OBJECTIVES[cfg.train.objective].from_config(cfg)
 
 
-__all__ = ["Objective", "Policy", "PrepareContext", "OBJECTIVES", "for_config", "SFT", "DPO"]
+__all__ = ["Objective", "Policy", "PrepareContext", "OBJECTIVES", "for_config", "SFT", "DPO", "Distill"]

@@ -6,9 +6,10 @@ distillation) that states
   - `fields`: the batch fields it needs, each a [rows, ...] array whose first axis is the
     batch (so one sharding places every field);
   - `pipeline(cfg, tokenizer, split)`: how examples become its batches (host side);
-  - `prepare(ctx)`: the extra models it needs, as a frozen pytree passed to every step
-    beside the batch (a reference's or a teacher's params), or None; it may also fill
-    batch fields computed once before training (cached reference log-probs);
+  - `prepare(ctx) -> (objective, frozen)`: the extra models it needs, as a frozen pytree
+    passed to every step beside the batch (a reference's or a teacher's params), or None,
+    and the objective itself completed with what it learnt (a teacher's graph); it may
+    also fill batch fields computed once before training (cached reference log-probs);
   - `loss(policy, batch, frozen, totals)`: inside jit, the summed loss of a (micro-)batch and
     its metrics as (sum, weight) pairs. `totals(batch)` holds counts over the *global* batch,
     computed before it is split into micro-batches: its "count" is what the summed loss is
@@ -76,8 +77,8 @@ class Objective:
   def pipeline(self, cfg, tokenizer, split: str = "train"):
     raise NotImplementedError
 
-  def prepare(self, ctx: PrepareContext) -> Any:
-    return None
+  def prepare(self, ctx: PrepareContext) -> tuple["Objective", Any]:
+    return self, None
 
   def totals(self, batch) -> dict[str, jax.Array]:
     """Counts over the global batch; "count" divides the summed loss."""

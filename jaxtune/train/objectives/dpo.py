@@ -126,15 +126,15 @@ class DPO(Objective):
     return build_pipeline(cfg.data, tokenizer, batch_size=cfg.train.batch_size, seed=cfg.train.seed, split=split,
                           preference=True)
 
-  def prepare(self, ctx: PrepareContext) -> Any:
+  def prepare(self, ctx: PrepareContext) -> tuple["DPO", Any]:
     if self.reference == "cached":
       from jaxtune.train.reference import attach_reference_logps
       attach_reference_logps(ctx, chunk=self.loss_chunk)
-      return None
+      return self, None
     if self.has_frozen:  # the starting params, frozen: their own buffers (the step donates the policy's)
       from flax import nnx
-      return jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param))
-    return None
+      return self, jax.tree.map(jnp.copy, nnx.state(ctx.model, nnx.Param))
+    return self, None
 
   # -- in the step ---------------------------------------------------------------------------------------
 
