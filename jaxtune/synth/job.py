@@ -193,11 +193,11 @@ def _chunk(model, tokenizer, stop_ids, settings: Settings, opts: Options, check,
       passed[j][s] = verify_lib.passes(check, items[j].messages, text, items[j].prompt.reference)
       stats.new_tokens += len(ids)
   records, rows = [], []
-  needs_reference = settings.verify is not None and settings.verify.split(":", 1)[0] in ("exact", "regex")
+  needs_reference = verify_lib.needs_reference(settings.verify)
   for j, it in enumerate(items):
     order = sorted(samples[j])
     keep = [order[i] for i in verify_lib.kept([passed[j][s] for s in order], settings.keep)]
-    truncated = sum(1 for s in order if _finish(samples[j][s], stop_ids, settings.max_new_tokens) == "length")
+    truncated = sum(1 for s in order if _finish(samples[j][s], stop_ids) == "length")
     for s in keep:
       records.append(_record(it, s, texts[j][s], samples[j][s], settings, stop_ids))
     rows.append({"id": it.id, "samples": len(order), "passed": sum(passed[j].values()), "kept": len(keep),
@@ -208,8 +208,9 @@ def _chunk(model, tokenizer, stop_ids, settings: Settings, opts: Options, check,
   return records, rows
 
 
-def _finish(ids: list[int], stop_ids: Sequence[int], max_new_tokens: int) -> str:
-  return "stop" if ids and ids[-1] in stop_ids else "length" if len(ids) >= max_new_tokens else "stop"
+def _finish(ids: list[int], stop_ids: Sequence[int]) -> str:
+  """"stop" when the reply ended with a stop token, else "length" (cut at --max-new-tokens)."""
+  return "stop" if ids and ids[-1] in stop_ids else "length"
 
 
 def _record(it: _Item, s: int, text: str, ids: list[int], settings: Settings, stop_ids) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def _record(it: _Item, s: int, text: str, ids: list[int], settings: Settings, st
                          "messages": list(it.messages) + [{"role": "assistant", "content": text}]}
   if it.prompt.reference is not None:
     rec["reference"] = it.prompt.reference
-  rec["finish"] = _finish(ids, stop_ids, settings.max_new_tokens)
+  rec["finish"] = _finish(ids, stop_ids)
   if settings.token_ids:
     rec["completion_ids"] = ids
   rec["generation"] = settings.generation()

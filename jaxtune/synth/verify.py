@@ -113,6 +113,11 @@ def parse_verify(spec: str | None) -> Check | None:
   raise UsageError(f"--verify {spec!r}: expected exact, regex:PATTERN or python:MODULE:FUNCTION")
 
 
+def needs_reference(spec: str | None) -> bool:
+  """Whether a --verify spec compares with the prompt's reference (exact, regex)."""
+  return bool(spec) and spec.partition(":")[0] in ("exact", "regex")
+
+
 def passes(check: Check | None, messages: list[dict], completion: str, reference: str | None) -> bool:
   """Whether one sample passes: a non-empty completion that `check` accepts (every one without a check)."""
   if not completion.strip():

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxtune.errors import UsageError
-from jaxtune.synth.verify import kept, parse_verify, passes
+from jaxtune.synth.verify import kept, needs_reference, parse_verify, passes
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -49,6 +49,7 @@ def test_python_function_gets_prompt_completion_and_reference(tmp_path):
 
 def test_no_verify_passes_every_non_empty_sample():
   assert _passed(None, ["a", " ", "", "b"], None) == [True, False, False, True]
+  assert [needs_reference(s) for s in ("exact", "regex:(a)", "python:m:f", None)] == [True, True, False, False]
 
 
 @pytest.mark.parametrize("keep, want", [("all", [1, 3, 4]), ("first", [1]), ("one-per-prompt", [1])])
