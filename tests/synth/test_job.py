@@ -120,6 +120,12 @@ def test_each_verify_mode_keeps_exactly_the_right_samples(llama, tmp_path):
   text = {(r["id"], r["sample"]): r["messages"][-1]["content"] for r in base}
   assert all_stats["kept"] == len(base) == all_stats["passed"] and len(base) >= 12
   assert all_stats["samples"] == n * P and all_stats["prompts"] == P
+  # the records are training data as they are: every one is an example, none dropped
+  from jaxtune.config import Config
+  from jaxtune.data import report
+  from jaxtune.recipes import cpu_recipe
+  data = report.stats(Config.from_dict(cpu_recipe(f"{model_dir},{tmp_path / 'all.jsonl'}")))
+  assert (data["records"], data["examples"], data["malformed"], data["dropped"]) == (len(base), len(base), 0, 0)
 
   def keys(path):
     return [(r["id"], r["sample"]) for r in _read_jsonl(path)]
