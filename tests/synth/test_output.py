@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from jaxtune import io
 from jaxtune.errors import UsageError
 from jaxtune.synth.output import JobFiles
 
@@ -25,31 +26,34 @@ def _job(out, settings=SETTINGS, **kw):
   return files, files.start(**kw)
 
 
-def test_resume_cuts_a_killed_jobs_tail(tmp_path):
-  out = tmp_path / "o.jsonl"
+def _append(path, text):
+  io.write_text(path, io.read_text(path) + text)  # (a GCS object cannot be appended to: rewritten)
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_resume_cuts_a_killed_jobs_tail(where, tmp_path, gcs):
+  out = str(tmp_path / "o.jsonl") if where == "local" else "gs://bucket/synth/o.jsonl"
   files, done = _job(out)
   assert done == 0
   files.write([_rec(0, 0), _rec(0, 1)], [_row(0, 2)])
   files.write([], [_row("b", 0)])  # a prompt with nothing kept is finished too
   files.write([_rec(2, 1)], [_row(2, 1, passed=2)])
   files.close()
-  good_out, good_progress = out.read_bytes(), (tmp_path / "o.jsonl.progress").read_bytes()
+  good_out, good_progress = io.read_bytes(out), io.read_bytes(out + ".progress")
   # killed after writing a chunk's records but before its progress rows, mid-way through a record and a row
-  with open(out, "a") as f:
-    f.write(json.dumps(_rec(3, 0)) + "\n" + json.dumps(_rec(3, 1))[:17])
-  with open(tmp_path / "o.jsonl.progress", "a") as f:
-    f.write(json.dumps(_row(3, 2))[:9])
+  _append(out, json.dumps(_rec(3, 0)) + "\n" + json.dumps(_rec(3, 1))[:17])
+  _append(out + ".progress", json.dumps(_row(3, 2))[:9])
   files, done = _job(out)
   assert done == 3 and list(files.done_ids()) == [0, "b", 2]
-  assert out.read_bytes() == good_out and (tmp_path / "o.jsonl.progress").read_bytes() == good_progress
+  assert io.read_bytes(out) == good_out and io.read_bytes(out + ".progress") == good_progress
   files.write([_rec(3, 0)], [_row(3, 1)])
   files.close()
   stats = files.summary({"malformed_records": 0})
-  assert json.loads((tmp_path / "o.jsonl.stats.json").read_text()) == stats
+  assert io.read_json(out + ".stats.json") == stats
   assert {k: stats[k] for k in ("prompts", "samples", "passed", "kept", "new_tokens")} == \
       {"prompts": 4, "samples": 8, "passed": 5, "kept": 4, "new_tokens": 20}
   assert stats["kept_per_prompt"] == {"0": 1, "1": 2, "2": 1} and stats["settings"] == SETTINGS
-  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 0, 2, 3]
+  assert [json.loads(line)["id"] for line in io.read_text(out).splitlines()] == [0, 0, 2, 3]
 
 
 def test_other_settings_are_refused_and_overwrite_starts_again(tmp_path):
