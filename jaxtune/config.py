@@ -268,7 +268,9 @@ class DistillCfg(_Section):
 @dataclasses.dataclass(frozen=True)
 class DemoCfg(_Section):
   _NAME = "demo"
-  enabled: bool = key(False, "run the self-contained demo (configs/demo.py): build assets, report before/after")
+  enabled: bool = key(False, "run the self-contained demo (configs/demo*.py): build assets, report before/after")
+  kind: str = key("sft", "which demo: sft (configs/demo.py), dpo, distill, rft (rejection-sampling self-improvement)",
+                  choices=("sft", "dpo", "distill", "rft"))
   cache_dir: str = key("", "where the demo's model, tokenizer and tasks are built; '' = ~/.cache/jaxtune/demo")
   train_examples: int = key(20000, "synthetic training examples", min=1)
   heldout_examples: int = key(200, "held-out examples for exact match", min=1)

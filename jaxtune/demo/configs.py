@@ -62,6 +62,7 @@ def dpo_config(cache_dir: str = ""):
   c = sft_config(cache_dir)
   paths = dpo_paths(cache_dir)
   c.train.objective = "dpo"
+  c.demo.kind = "dpo"
   c.dpo.loss = "sigmoid"
   c.dpo.beta = 0.1
   c.dpo.reference = "cached"
@@ -92,6 +93,7 @@ def distill_config(cache_dir: str = ""):
   same student by SFT on the same data and budget, and compares their held-out exact match."""
   c = sft_config(cache_dir)
   c.train.objective = "distill"
+  c.demo.kind = "distill"
   c.model.path = distill_paths(cache_dir)["student_base"]
   c.distill.teacher = dpo_paths(cache_dir)["sft_model"]
   c.distill.temperature = 1.0
@@ -102,4 +104,32 @@ def distill_config(cache_dir: str = ""):
   c.train.log_every = 50
   c.optim.lr = 3e-3
   c.run.dir = "runs/demo_distill"
+  return c
+
+
+def rft_settings() -> dict:
+  """The rejection-sampling demo's fixed settings: the short SFT it starts from and the sampling."""
+  return {"base_steps": 150, "prompts": 2000, "samples": 4, "temperature": 1.0}
+
+
+def rft_paths(cache_dir: str = "") -> dict[str, str]:
+  root = asset_paths(cache_dir).root
+  return {"base_run": str(root / "sft150_run"), "base_model": str(root / "sft150_run" / "hf"), "dir": str(root / "rft"),
+          "prompts": str(root / "rft" / "prompts.jsonl"), "kept": str(root / "rft" / "kept.jsonl")}
+
+
+def rft_config(cache_dir: str = ""):
+  """`jaxtune train --config configs/demo_rft.py`: the SFT demo tuned for 150 of its 450 steps samples 4
+  answers to each of 2,000 training prompts (temperature 1), keeps one exactly right answer per prompt, and is
+  tuned on those for 150 steps."""
+  c = sft_config(cache_dir)
+  paths = rft_paths(cache_dir)
+  c.demo.kind = "rft"
+  c.model.path = paths["base_model"]
+  c.data.train = ({"path": paths["kept"], "format": "messages", "weight": 1.0},)
+  c.train.steps = 150
+  c.train.eval_every = 150
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 10
+  c.run.dir = "runs/demo_rft"
   return c

@@ -4,6 +4,9 @@
   dpo      configs/demo_dpo.py      the SFT demo's model tuned with DPO on right-vs-plausibly-wrong pairs
   distill  configs/demo_distill.py  a smaller student distilled from the SFT demo's model, against the same
                                     student tuned by SFT on the same data and budget
+  rft      configs/demo_rft.py      rejection-sampling self-improvement: a briefly tuned model samples answers
+                                    to training prompts (jaxtune synth --verify exact) and is tuned on the
+                                    ones that pass
 
 The training loop is handed in (`train`), so that nothing but the CLI imports it. Each demo that starts from
 the SFT demo's tuned model builds it first, once, into the demo cache.
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, train: Callable) -> int:
-  flow = {"sft": run_sft, "dpo": run_dpo, "distill": run_distill}[cfg.train.objective]
+  flow = {"sft": run_sft, "dpo": run_dpo, "distill": run_distill, "rft": run_rft}[cfg.demo.kind]
   return flow(cfg, train)
 
 
@@ -113,4 +116,43 @@ def run_distill(cfg: Config, train: Callable) -> int:
   log.info("demo_distill: held-out exact match: teacher %.1f%%, student by SFT %.1f%%, student distilled %.1f%% "
            "(same data, %d steps of %d rows each), in %.0fs", 100 * teacher.accuracy, 100 * scores["SFT"],
            100 * scores["distilled"], cfg.train.steps, cfg.train.batch_size, time.perf_counter() - t0)
+  return 0
+
+
+def run_rft(cfg: Config, train: Callable) -> int:
+  """A model tuned for fewer steps than the SFT demo samples `samples` answers per training prompt, keeps one
+  that passes exact match per prompt (jaxtune synth), and is tuned on those: held-out exact match before and
+  after."""
+  from jaxtune.demo import tasks
+  from jaxtune.generate import load_model
+  from jaxtune.synth import job as synth
+  t0 = time.perf_counter()
+  rft = configs.rft_settings()
+  paths = configs.rft_paths(cfg.demo.cache_dir)
+  sft = Config.from_dict(configs.sft_config(cfg.demo.cache_dir))
+  assets = assets_lib.prepare(sft, log=log.info)
+  if not os.path.exists(os.path.join(paths["base_model"], "config.json")):
+    log.info("[demo] tuning the starting model: the SFT demo for %d steps instead of %d", rft["base_steps"],
+             sft.train.steps)
+    short = dataclasses.replace(sft, run=dataclasses.replace(sft.run, dir=paths["base_run"]),
+                                eval=dataclasses.replace(sft.eval, prompts=""),
+                                train=dataclasses.replace(sft.train, steps=rft["base_steps"], eval_every=0))
+    jaxtune.save_pretrained(train(short).model(), paths["base_model"], tokenizer=load_tokenizer(sft.model.path))
+  model, tokenizer, stop_ids = load_model(paths["base_model"])
+  before = report.report_before(cfg, model, tokenizer, log=log.info)
+  os.makedirs(paths["dir"], exist_ok=True)
+  tasks.write_jsonl(tasks.read_jsonl(str(assets.train_path))[:rft["prompts"]], paths["prompts"])
+  settings = synth.Settings(model=paths["base_model"], prompts=paths["prompts"], n=rft["samples"],
+                            temperature=rft["temperature"], max_new_tokens=16, seed=0, verify="exact",
+                            keep="one-per-prompt")
+  stats = synth.run(model, tokenizer, stop_ids, settings, paths["kept"], synth.Options(overwrite=True))
+  log.info("[demo] synth: %d of %d training prompts got an exactly right answer in %d samples", stats["kept"],
+           stats["prompts"], rft["samples"])
+  del model
+  result = train(cfg)
+  model, out = _export(result, cfg.run.dir)
+  after = report.report_after(cfg, model, result.tokenizer, out, samples=result.samples, log=log.info)
+  log.info("demo_rft: held-out exact match %.1f%% (after %d steps of SFT) -> %.1f%% (after %d more steps on its own "
+           "%d verified answers), in %.0fs", 100 * before, rft["base_steps"], 100 * after, cfg.train.steps,
+           stats["kept"], time.perf_counter() - t0)
   return 0
