@@ -36,6 +36,12 @@ def _file_line(tb, path: str) -> str:
 def load_config_file(spec: str):
   """The ConfigDict of `PATH[:ARG]` (`get_config()` or `get_config(ARG)` of the file); every failure is a
   ConfigError naming the file (and line)."""
+  return load_config_module(spec)[1]
+
+
+def load_config_module(spec: str):
+  """(the config file's module, its ConfigDict): the module also holds a recipe's hardware constants
+  (`TOPOLOGY`, `ACCELERATOR`, `CHIPS`)."""
   import ml_collections
   path, sep, arg = spec.partition(":")
   if not path:
@@ -62,7 +68,7 @@ def load_config_file(spec: str):
     raise ConfigError(f"{_file_line(e.__traceback__, path)}: {call} raised {type(e).__name__}: {e}") from None
   if not isinstance(cd, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() returned a {type(cd).__name__}, not an ml_collections ConfigDict")
-  return cd
+  return module, cd
 
 
 def _split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
@@ -318,8 +324,40 @@ def cmd_data(argv: list[str]) -> int:
   return 0
 
 
+PLAN_DOES_NOT_FIT = 4  # exit status of `jaxtune plan` when the plan does not fit (1: bad input, 2: usage)
+
+
+def cmd_plan(argv: list[str]) -> int:
+  path, overrides, rest = _split_config_args(argv)
+  p = argparse.ArgumentParser(
+      prog="jaxtune plan", description="Per-device memory of a config's train step (params, optimizer state, "
+      "gradients, activations) on its mesh for N devices, before launch, and what to change when it does not fit. "
+      f"Exit status 0: fits; {PLAN_DOES_NOT_FIT}: does not fit; 1: bad input.")
+  p.add_argument("--devices", default=None, help="devices (chips) to plan for (default: the recipe's CHIPS)")
+  p.add_argument("--hbm-gb", type=float, default=None, help="memory per device in GB (default: the recipe's "
+                 "ACCELERATOR's)")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  how = p.add_mutually_exclusive_group()
+  how.add_argument("--estimate", action="store_true", help="skip compiling: analytic activations")
+  how.add_argument("--compile", action="store_true", help="compile the step even for a large model")
+  a = p.parse_args(rest)
+  if path is None:
+    raise UsageError("jaxtune plan: --config PATH is required (a config file, e.g. configs/tiny.py)")
+  from jaxtune.config import Config
+  module, cd = load_config_module(path)
+  cfg = Config.from_dict(apply_overrides(cd, overrides))
+  from jaxtune import plan as plan_lib
+  result = plan_lib.plan(cfg, plan_lib.hardware(module, a.devices, a.hbm_gb),
+                         compile=False if a.estimate else True if a.compile else None)
+  print(json.dumps(result.to_dict()) if a.json else result.text())
+  if not result.fits:
+    print(f"error: {result.verdict()}", file=sys.stderr)
+    return PLAN_DOES_NOT_FIT
+  return 0
+
+
 COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "synth": cmd_synth,
-            "data": cmd_data, "config": cmd_config}
+            "data": cmd_data, "config": cmd_config, "plan": cmd_plan}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
   export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
@@ -328,7 +366,9 @@ USAGE = """usage: jaxtune [--quiet] COMMAND ...
            [--seed S] [--system S] [--verify exact|regex:PAT|python:mod:fn] [--keep all|first|one-per-prompt]
            [--config.mesh.data|fsdp|tensor=N]   (jaxtune synth --help lists every option)
   data     {stats,inspect} --config PATH [--json] [--n N]
-  config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)"""
+  config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)
+  plan     --config PATH [--devices N] [--hbm-gb G] [--json] [--estimate|--compile] [--config.KEY=VALUE ...]
+           (per-device memory before launch; exit 0 fits, 4 does not)"""
 
 
 def main(argv: list[str] | None = None) -> int:

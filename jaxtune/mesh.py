@@ -42,13 +42,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
               context: int = 1) -> Mesh:
   """A (data, fsdp, context, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = [data, fsdp, context, tensor]
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} ({', '.join(AXES)}): {len(devices)} devices are "
-                        f"not divisible by {known}")
-    sizes[sizes.index(-1)] = len(devices) // known
+  sizes = resolve_sizes([data, fsdp, context, tensor], len(devices))
   n = math.prod(sizes)
   if n > len(devices):
     raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {len(devices)}")
@@ -56,6 +50,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     log.warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
   arr = np.asarray(devices[:n]).reshape(sizes)
   return Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def resolve_sizes(sizes: Sequence[int], n: int) -> list[int]:
+  """Mesh axis sizes in AXES order with a -1 replaced by what `n` devices leave for it."""
+  sizes = list(sizes)
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n % known:
+      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} ({', '.join(AXES)}): {n} devices are "
+                        f"not divisible by {known}")
+    sizes[sizes.index(-1)] = n // known
+  return sizes
 
 
 def mesh_from_cfg(cfg) -> Mesh:
