@@ -14,9 +14,9 @@ placed by the rules table on the config's mesh for N devices. Then one of two th
   activations are an analytic estimate (`activation_estimate`), and the plan says so.
 
 The plan fits when the total is at most `HEADROOM` of the HBM. When it does not, candidate
-changes (fsdp, remat, loss_chunk, grad_accum, context, quantize) are derived from the
-numbers, each re-planned (activations scaled by the compiled/estimated ratio of the base
-plan when it compiled), and those that fit are suggested, smallest change first.
+changes (fsdp, remat, loss_chunk, grad_accum, context, quantize, more devices) are derived
+from the numbers and re-planned (screened analytically, then compiled when the plan was), and
+the smallest step of each kind that fits is suggested.
 """
 
 from __future__ import annotations
@@ -383,19 +383,26 @@ def candidates(cfg: Config, mem: Memory, hw: Hardware, axes: dict[str, int]) -> 
   return [(why, options) for why, options in out if options]
 
 
-def suggest(cfg: Config, mem: Memory, hw: Hardware, axes: dict[str, int], act_scale: float) -> tuple[str, ...]:
-  """For each kind of change, its smallest step that fits when re-planned (analytic, activations scaled by
-  `act_scale`), as `--config.K=V ...: about X GB (why)`, in the order of `candidates`."""
+def suggest(cfg: Config, mem: Memory, hw: Hardware, axes: dict[str, int], act_scale: float,
+            compiled: bool) -> tuple[str, ...]:
+  """For each kind of change, its smallest step that fits when re-planned, as `--config.K=V ...: about X GB
+  (why)`, in the order of `candidates`. Each step is screened analytically (activations scaled by
+  `act_scale`); when the plan was `compiled`, a step that passes is compiled too where feasible, so what is
+  suggested fits by the plan's own measure."""
   found = []
   for why, options in candidates(cfg, mem, hw, axes):
     for changes in options:
       changes = dict(changes)
       n = changes.pop("devices", hw.devices)
       try:
-        m, _, est = memory(with_keys(cfg, changes), n, compile=False)
+        other = with_keys(cfg, changes)
+        m, _, est = memory(other, n, compile=False)
+        total = m.params + m.optimizer + m.grads + est * act_scale
+        if total <= HEADROOM * hw.hbm and compiled:
+          m, source, _ = memory(other, n)
+          total = m.total if source == "compiled" else total
       except (ConfigError, UsageError):
         continue  # a change the config cannot take (e.g. a batch that no longer splits)
-      total = m.params + m.optimizer + m.grads + est * act_scale
       if total <= HEADROOM * hw.hbm:
         flags = " ".join(f"--config.{k}={v}" for k, v in changes.items())
         found.append(flags + (f" --devices {n}" if n != hw.devices else "") + f": about {total / GB:.2f} GB ({why})")
@@ -411,4 +418,4 @@ def plan(cfg: Config, hw: Hardware, *, compile: bool | None = None) -> Plan:
   if result.fits:
     return result
   act_scale = mem.activations / estimated if source == "compiled" and estimated > 0 else 1.0
-  return dataclasses.replace(result, suggestions=suggest(cfg, mem, hw, axes, act_scale))
+  return dataclasses.replace(result, suggestions=suggest(cfg, mem, hw, axes, act_scale, source == "compiled"))

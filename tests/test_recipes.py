@@ -9,10 +9,11 @@ For each one:
   proportions scaled down to 8 devices, and `jaxtune.mesh.state_shardings`
   places it: every parameter of >= 1M elements must be split over `fsdp` on the
   dimension the rules map to `fsdp`, with no rule dropped for divisibility;
-- the same rules on an abstract mesh of the recipe's real size give the
-  per-chip bytes of parameters, optimizer state (`jax.eval_shape(tx.init, ...)`,
-  the moments placed like their parameters) and gradients, plus an activation
-  estimate; the sum must fit the chip's HBM with 10% to spare;
+- `jaxtune plan` (jaxtune/plan.py) on the recipe, with the devices and HBM of
+  its TOPOLOGY, gives the per-chip bytes of parameters, optimizer state and
+  gradients (exact, on an abstract mesh of the recipe's real size) plus
+  activations (an estimate: the real sizes are too large to compile here); it
+  must fit the chip's HBM with 10% to spare (exit status 0);
 - the global batch must split over grad_accum micro-steps and then over the
   data x fsdp devices.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import json
 import math
 import re
 from pathlib import Path
@@ -35,16 +37,16 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
 
+from jaxtune import cli
 from jaxtune import mesh as mesh_lib
 from jaxtune.config import Config, OptimCfg
-from jaxtune.models import ModelConfig, build_model, quant
+from jaxtune.models import ModelConfig, build_model
 from jaxtune.models.presets import HF_CONFIGS, preset_model_config
+from jaxtune.plan import HBM_BYTES
 from jaxtune.train.optim import make_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-HBM_BYTES = {"v5p": 95e9, "v6e": 32e9, "h100": 80e9}  # per chip, as the vendors state it
 LARGE = 1 << 20  # parameters with at least this many elements must be FSDP-sharded
-HEADROOM = 0.9  # the estimate must leave 10% of HBM for XLA temporaries and fragmentation
 TEST_DEVICES = 8
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
@@ -174,81 +176,6 @@ def check_fsdp(params: dict, shardings: dict[str, NamedSharding], mesh) -> None:
       assert "fsdp" in entry, f"{path} {sds.shape}: dim {i} ({axes[i]}) is not split over fsdp: {spec}"
 
 
-@dataclasses.dataclass
-class Memory:
-  params: float
-  optimizer: float
-  grads: float
-  activations: float
-
-  @property
-  def total(self) -> float:
-    return self.params + self.optimizer + self.grads + self.activations
-
-
-def activation_estimate(m: ModelConfig, r: Recipe) -> float:
-  """Bytes of activations per chip for one micro-step: a rough upper-end estimate.
-
-  Saved per layer: the residual stream (remat full), plus the matmul outputs
-  (dots) or everything incl. attention scores (none). Working set: one layer's
-  forward+backward intermediates, its [heads, seq, seq] float32 scores and
-  their gradient (the XLA attention path materialises them), and the float32
-  logits with their log-softmax and gradient. Under context parallelism a chip
-  holds seq / context tokens of each row, its attention runs blockwise (no
-  [seq, seq] scores: the gathered K/V of the row instead), and with
-  train.loss_chunk the logits are those of one chunk.
-  """
-  ax = r.axes
-  data, fsdp, tensor, context = ax["data"], ax["fsdp"], ax["tensor"], ax["context"]
-  c = r.cfg
-  rows = c.train.batch_size // c.train.grad_accum // (data * fsdp)
-  T, tok = c.data.seq_len, rows * c.data.seq_len // context
-  act = jnp.dtype(DTYPES[c.model.dtype]).itemsize
-  D, L = m.hidden_size, m.num_layers
-  q, kv = m.num_heads * m.head_dim / tensor, m.num_kv_heads * m.head_dim / tensor
-  f, v, heads = m.intermediate_size / tensor, m.vocab_size / tensor, m.num_heads / tensor
-  layer = tok * (4 * D + q + 2 * kv + 3 * f) * act
-  scores = rows * heads * T * T * 4 * 2
-  if context > 1:  # blockwise: the row's K/V (gathered) and their float32 gradients
-    scores = rows * T * 2 * kv * (act + 4)
-  saved = {"full": tok * D * act, "dots": layer, "dots_no_batch": layer, "none": layer + scores}[c.model.remat]
-  logits = (rows * min(c.train.loss_chunk, T // context) if c.train.loss_chunk else tok) * v * 4 * 3
-  return L * saved + 2 * layer + scores + logits
-
-
-def memory(r: Recipe) -> Memory:
-  c = r.cfg
-  params, _, mcfg = abstract_params(c.model.path, c.model.dtype, c.model.param_dtype, c.model.remat,
-                                    scaled_sizes(r.sizes))
-  mesh = full_mesh(r.sizes)
-  sh = lambda axes, sds: mesh_lib.sharding_for(axes, sds.shape, mesh)
-  def stored(path, s, a):  # a QLoRA base stores its decoder projections as codes + scales
-    b = shard_bytes(s, sh(a, s))
-    if c.model.quantize != "none" and "['layers']" in path and path.endswith("['kernel']"):
-      return b * quant.stored_bytes(s.shape, c.model.quantize) / (math.prod(s.shape) * s.dtype.itemsize)
-    return b
-
-  param_bytes = sum(stored(p, s, a) for p, (s, a) in params.items())
-  if c.train.objective == "dpo" and c.dpo.reference == "live" and c.lora.rank == 0:
-    param_bytes *= 2  # a frozen copy of the starting weights is the reference (cached and LoRA add none)
-  trainable = params
-  if c.lora.rank > 0:  # frozen base weights (no moments, no gradients) + trained adapters
-    trainable = lora_adapters(params, c.lora.rank, c.lora.targets, DTYPES[c.model.param_dtype])
-    param_bytes += sum(shard_bytes(s, sh(a, s)) for s, a in trainable.values())
-  train_sh = {k: sh(a, s) for k, (s, a) in trainable.items()}
-  tx, _ = make_optimizer(c.optim, c.train.steps)
-  abstract = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=train_sh[k]) for k, (s, _) in trainable.items()}
-  opt_shapes = jax.eval_shape(tx.init, abstract)
-  replicated = NamedSharding(mesh, P())
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, train_sh, transform_non_params=lambda _: replicated)
-  non_param = [x for x, s in zip(jax.tree.leaves(opt_shapes), jax.tree.leaves(opt_sh)) if s is replicated]
-  assert all(x.size <= 1 for x in non_param), "optimizer state that does not mirror a parameter is not a scalar"
-  opt_bytes = sum(shard_bytes(x, s) for x, s in zip(jax.tree.leaves(opt_shapes), jax.tree.leaves(opt_sh)))
-  grad_bytes = sum(shard_bytes(s, train_sh[k]) for k, (s, _) in trainable.items())
-  grad_bytes *= 2 if c.train.grad_accum > 1 else 1  # the scan's accumulator beside each micro-step's gradient
-  return Memory(param_bytes, opt_bytes, grad_bytes, activation_estimate(mcfg, r))
-
-
 NAMES = [p.stem for p in RECIPES]
 
 
@@ -297,14 +224,20 @@ def test_large_params_are_fsdp_sharded(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_memory_per_chip_fits_hbm(name):
+def test_plan_fits_the_recipes_topology(name, capsys):
+  """`jaxtune plan` on the recipe, with the devices and HBM of its TOPOLOGY: it fits (exit 0)."""
+  status = cli.main(["plan", "--config", str(CONFIGS / f"{name}.py"), "--json"])
+  out = json.loads(capsys.readouterr().out)
   r = recipe(name)
-  m = memory(r)
+  m = out["per_device_bytes"]
   gb = lambda x: f"{x / 1e9:5.1f}"
-  print(f"\n{name:28s} {r.module.TOPOLOGY:8s} mesh {r.sizes}: params {gb(m.params)} + optimizer {gb(m.optimizer)}"
-        f" + grads {gb(m.grads)} + activations~{gb(m.activations)} = {gb(m.total)} GB of {gb(r.hbm)} GB")
-  assert m.params + m.optimizer + m.grads < 0.5 * r.hbm
-  assert m.total <= HEADROOM * r.hbm, f"{name}: about {m.total / 1e9:.1f} GB per chip of {r.hbm / 1e9:.0f} GB"
+  print(f"\n{name:28s} {r.module.TOPOLOGY:8s} mesh {r.sizes}: params {gb(m['params'])} + optimizer "
+        f"{gb(m['optimizer'])} + grads {gb(m['grads'])} + activations~{gb(m['activations'])} = {gb(m['total'])} GB "
+        f"of {gb(r.hbm)} GB ({out['source']})")
+  assert out["devices"] == r.module.CHIPS and out["topology"] == r.module.TOPOLOGY and out["hbm_bytes"] == r.hbm
+  assert tuple(out["mesh"].values()) == r.sizes
+  assert m["params"] + m["optimizer"] + m["grads"] < 0.5 * r.hbm
+  assert status == 0 and out["fits"], f"{name}: about {m['total'] / 1e9:.1f} GB per chip of {r.hbm / 1e9:.0f} GB"
 
 
 def test_scaled_sizes():
