@@ -111,7 +111,7 @@ class Plan:
   def verdict(self) -> str:
     """One line: fits, or does not and the first suggestion."""
     head = (f"{self.memory.total / GB:.2f} GB per device of {self.hardware.hbm / GB:.2f} GB "
-            f"({self.source}{', estimate' if self.source == 'estimate' else ''})")
+            f"({'compiled' if self.source == 'compiled' else 'analytic estimate'})")
     if self.fits:
       return f"fits: {head}"
     return f"does not fit: {head}; " + (f"try {self.suggestions[0]}" if self.suggestions else "no single change "
