@@ -223,7 +223,8 @@ def chunk_bytes(largest: int, count: int) -> int:
 def allgather_bytes(blob: bytes) -> list[bytes]:
   """Every process's `blob` on every process (process order), in chunks of `chunk_bytes`."""
   from jax.experimental import multihost_utils
-  sizes = np.asarray(multihost_utils.process_allgather(np.int64(len(blob)))).reshape(-1)
+  size = np.frombuffer(np.asarray([len(blob)], "<u8").tobytes(), np.uint8)  # 8 bytes: no int64 on devices
+  sizes = np.asarray(multihost_utils.process_allgather(size)).reshape(-1, 8).copy().view("<u8").reshape(-1)
   chunk = chunk_bytes(int(sizes.max()), len(sizes))
   n_chunks = max(1, -(-int(sizes.max()) // chunk))
   mine = np.zeros(n_chunks * chunk, np.uint8)
