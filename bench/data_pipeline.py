@@ -15,7 +15,9 @@ Stages (each prints RESULT lines, bench/results.py):
              process holds the whole store (its share tokenized, the shares exchanged and merged); checks
              the stores are identical.
 Without --tokenizer a tiny byte-level BPE (tests/helpers) is built locally. Every RESULT line carries the
-1-minute load average when it was printed (`load1`): on a shared machine the figures move with it.
+1-minute load average when it was printed (`load1`): on a shared machine the wall-clock figures move with it;
+`cpu_s` (user + sys of every process involved) and `tokens_per_cpu_s` show what the parallel paths cost in
+CPU whatever the load.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -57,6 +60,13 @@ def synth(path: str, n: int, seed: int = 0) -> None:
 
 def load1() -> str:
   return f"{os.getloadavg()[0]:.2f}"
+
+
+def cpu_s() -> float:
+  """CPU seconds (user + sys) of this process and of its children that have ended (pool workers, once shut
+  down)."""
+  return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def digest(store) -> str:
@@ -109,13 +119,13 @@ def stage_workers(tok, data: str, a) -> None:
   from jaxtune.data.examples import load_examples
   digests = {}
   for w in a.workers:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     store, stats = load_examples([SourceCfg(path=data)], tok, seq_len=a.seq_len, workers=w)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_s() - c0
     digests[w] = digest(store)
     print(f"RESULT tokenize_workers_{w} tokens_per_s={stats.tokens / dt:.0f} records_per_s={stats.records / dt:.1f} "
-          f"seconds={dt:.2f} tokens={stats.tokens} identical={int(digests[w] == digests[a.workers[0]])} "
-          f"load1={load1()}", flush=True)
+          f"seconds={dt:.2f} cpu_s={cpu:.2f} tokens_per_cpu_s={stats.tokens / cpu:.0f} tokens={stats.tokens} "
+          f"identical={int(digests[w] == digests[a.workers[0]])} load1={load1()}", flush=True)
 
 
 def free_port() -> int:
@@ -139,8 +149,10 @@ def stage_processes(tok_dir: str, data: str, a) -> None:
     children = [dict(r[1]) for o in outs for r in map(parse_result, o.splitlines()) if r and r[0] == "child"]
     digests[count] = {c["digest"] for c in children}
     wall = max(c["seconds"] for c in children)
+    cpu = sum(c["cpu_s"] for c in children)
     tokens = children[0]["tokens"]
-    print(f"RESULT processes_{count} seconds={wall:.2f} tokens_per_s={tokens / wall:.0f} tokens={tokens:.0f} "
+    print(f"RESULT processes_{count} seconds={wall:.2f} tokens_per_s={tokens / wall:.0f} cpu_s={cpu:.2f} "
+          f"tokens_per_cpu_s={tokens / cpu:.0f} tokens={tokens:.0f} "
           f"identical={int(len(digests[count]) == 1 and digests[count] == digests[1])} load1={load1()}", flush=True)
 
 
@@ -152,12 +164,15 @@ def child(a) -> None:
                                process_id=a.child)
   from jaxtune.data import chat, pipeline
   tok = chat.load_tokenizer(a.tokenizer)
-  t0 = time.perf_counter()
-  store, stats = pipeline._examples(data_cfg(a.data, a.seq_len, tokenize_workers=1), data_cfg(a.data, a.seq_len).train,
-                                    tok, 0, 1)
-  dt = time.perf_counter() - t0
+  cfg = data_cfg(a.data, a.seq_len, tokenize_workers=1)
+  if a.child_count > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("bench-start")  # both start the clock together (the backends are up)
+  t0, c0 = time.perf_counter(), cpu_s()
+  store, stats = pipeline._examples(cfg, cfg.train, tok, 0, 1)
+  dt, cpu = time.perf_counter() - t0, cpu_s() - c0
   d = int(digest(store), 16) % (1 << 52)  # RESULT values are numbers
-  print(f"RESULT child seconds={dt:.3f} tokens={stats.tokens} digest={d}", flush=True)
+  print(f"RESULT child seconds={dt:.3f} cpu_s={cpu:.3f} tokens={stats.tokens} digest={d}", flush=True)
 
 
 def main() -> None:

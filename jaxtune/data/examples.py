@@ -348,7 +348,7 @@ def load_share(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assis
       if max_examples is not None and builder.n >= max_examples:
         break
   dt = time.perf_counter() - t0
-  log.info("data: tokenized %d records%s in %.1f s (%s records/s, %s tokens/s, %s)", stats.records, share, dt,
+  log.debug("data: tokenized %d records%s in %.1f s (%s records/s, %s tokens/s, %s)", stats.records, share, dt,
            f"{stats.records / max(dt, 1e-9):,.0f}", f"{stats.tokens / max(dt, 1e-9):,.0f}",
            f"{pool.processes} worker processes" if pool.processes else "in this process")
   return loader.share()
