@@ -80,9 +80,9 @@ def _load_hub(path: str, split: str, subset: str):
     raise ValueError(
         f"data source {path!r}: could not load the Hugging Face hub dataset {name!r} (a path that is no local "
         f"file or directory and looks like OWNER/NAME is taken for one) "
-        f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets need "
-        "network access (or datasets' local cache); offline, save the dataset with save_to_disk and give "
-        "that directory, or export it to .jsonl/.parquet") from e
+        f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets are streamed "
+        "and need network access; offline, save the dataset with save_to_disk and give that directory, or export "
+        "it to .jsonl/.parquet") from e
   if not isinstance(d, ds.IterableDataset):
     raise ValueError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected an "
                      "IterableDataset")

@@ -213,24 +213,21 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
   index, count = shares.processes() if shard_count == 1 else (0, 1)
   if not cache_dir and not reuse and count == 1:
     return load_examples(sources, tokenizer, workers=workers, **settings)
-  key = cache.cache_key(sources, tokenizer, **settings)
+  key = cache.cache_key(sources, tokenizer, **settings) if reuse or count == 1 else ""
   if reuse and key in _LAST:
     store, stats = _LAST[key]
     return store, copy.deepcopy(stats)
-  hit = cache.load(cache_dir, key) if cache_dir else None
-  if count > 1 and not shares.agree(hit is not None):
-    hit = None  # every process tokenizes its share, or none does
-  if hit is not None:
+  hit = cache.load(cache_dir, key) if cache_dir and count == 1 else None
+  if count > 1:
+    store, stats = shares.load(sources, tokenizer, settings, cache_dir=cache_dir, workers=workers, index=index,
+                               count=count)
+  elif hit is not None:
     log.info("data: tokenized examples loaded from %s (key %s)", cache_dir, key)
     store, stats = hit
-  elif count == 1:
+  else:
     store, stats = load_examples(sources, tokenizer, workers=workers, **settings)
     if cache_dir:
       cache.save(cache_dir, key, store, stats)
-  else:
-    store, stats = shares.load_split(sources, tokenizer, settings, workers=workers, index=index, count=count)
-    if cache_dir:
-      shares.save_everywhere(cache_dir, key, store, stats, index)
   if reuse:
     _LAST.clear()
     _LAST[key] = (store, copy.deepcopy(stats))

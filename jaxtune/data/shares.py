@@ -1,12 +1,12 @@
 """Tokenization split across the processes of a run, and the cache of its result that they share.
 
 Every process of a run builds the same global batches from the same store of examples
-(batches depend on the data, seed and batch size only). `pipeline.py` gets that store:
+(batches depend on the data, seed and batch size only). `load` gets that store for a run of
+several processes (`pipeline.py` calls `examples.load_examples` when there is one):
 
   - with `data.cache_dir` every process looks it up under `cache.cache_key`; the work is
-    skipped only when every process finds it (`agree`: the processes decide together);
-  - one process (or `jax.distributed` not initialised): `examples.load_examples`;
-  - P processes (`load_split`): process p tokenizes the records k with k % P == p of each source
+    skipped only when every process finds it (the processes vote with a collective);
+  - else (`load_split`) process p tokenizes the records k with k % P == p of each source
     (`examples.load_share`), the shares are exchanged with a collective (every process
     gets all of them, in fixed-size chunks: no shared file system needed), and `merge`
     puts the examples back in record order: store and stats equal one process's byte for
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES = 64 << 20  # one collective moves at most this much per process...
 MAX_GATHER_BYTES = 256 << 20  # ...and at most this much in all (the gathered chunk sits on every local device)
 MIN_CHUNK_BYTES = 64 << 10
+_MISS, _HIT, _FAILED = 0, 1, 2  # a process's cache lookup, as `load` gathers it
 _SUMMED = ("records", "malformed", "dropped", "truncated", "tokens", "loss_tokens", "examples",
            "examples_with_reasoning", "examples_with_tool_calls")
 
@@ -49,6 +50,39 @@ def processes() -> tuple[int, int]:
   if jax is None or not jax.distributed.is_initialized():
     return 0, 1
   return jax.process_index(), jax.process_count()
+
+
+def load(sources, tokenizer, settings: dict, *, cache_dir: str, workers: int, index: int,
+         count: int) -> tuple[ExampleStore, DataStats]:
+  """The store of every record for process `index` of `count` (every process must call it): from the cache
+  when every process finds it there, else tokenized by `load_split` and then cached (`save_everywhere`).
+  A process that cannot compute the cache key fails them all; an unreadable cache file is a miss."""
+  own: Exception | None = None
+  key, hit = "", None
+  if cache_dir:
+    try:
+      key = cache.cache_key(sources, tokenizer, **settings)
+    except Exception as e:  # noqa: BLE001 - every process must reach the vote; raised below
+      own = e
+    if own is None:
+      try:
+        hit = cache.load(cache_dir, key)
+      except Exception as e:  # noqa: BLE001 - the cache only saves time
+        log.warning("data: could not read the tokenized examples cache in %s (%s: %s); tokenizing again", cache_dir,
+                    type(e).__name__, e)
+  votes = gather_ints(_FAILED if own is not None else _HIT if hit is not None else _MISS)
+  if _FAILED in votes:
+    if own is not None:
+      raise own
+    raise errors.DataError(f"process {votes.index(_FAILED)} could not compute the key of the tokenized examples "
+                           f"cache in {cache_dir} (its log says why)")
+  if all(v == _HIT for v in votes):
+    log.info("data: tokenized examples loaded from %s (key %s)", cache_dir, key)
+    return hit
+  store, stats = load_split(sources, tokenizer, settings, workers=workers, index=index, count=count)
+  if cache_dir:
+    save_everywhere(cache_dir, key, store, stats, index)
+  return store, stats
 
 
 def load_split(sources, tokenizer, settings: dict, *, workers: int, index: int,
@@ -199,10 +233,10 @@ def _rebuilt(info: dict, process: int) -> Exception:
 
 # Collectives (jax.experimental.multihost_utils): every process calls them in the same order.
 
-def agree(flag: bool) -> bool:
-  """Whether `flag` holds on every process."""
+def gather_ints(value: int) -> list[int]:
+  """Every process's `value`, in process order."""
   from jax.experimental import multihost_utils
-  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+  return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)]
 
 
 def barrier(name: str) -> None:

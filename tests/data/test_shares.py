@@ -97,6 +97,44 @@ def test_the_first_bad_record_fails_every_process(split_data, chatml_tok, monkey
     assert str(got.value) == str(single.value) and type(got.value) in (RecordError, DataError)
 
 
+def test_processes_vote_on_the_cache(tmp_path, split_data, chatml_tok, monkeypatch):
+  """Every process skips tokenizing only when every one found the cache; a process that cannot compute the
+  key fails them all (no process is left waiting in a collective)."""
+  srcs, cache_dir = sources(split_data), str(tmp_path / "cache")
+  settings = dict(seq_len=256, mask="assistant", overlong="drop", strict=False, shard_index=0, shard_count=1,
+                  reasoning="train", system="keep")
+  build_pipeline(DataCfg(train=tuple(srcs), seq_len=256, cache_dir=cache_dir), chatml_tok, batch_size=2, seed=0)
+  votes, split = [], []
+
+  def vote(others):
+    def gather(mine):
+      votes.append(mine)
+      return [mine] + others
+    monkeypatch.setattr(shares, "gather_ints", gather)
+
+  monkeypatch.setattr(shares, "load_split", lambda *a, **k: split.append(k) or ("store", "stats"))
+  monkeypatch.setattr(shares, "barrier", lambda name: None)
+  monkeypatch.setattr("jaxtune.data.chat.encode_batch", lambda *a, **k: pytest.fail("tokenized despite the cache"))
+  load = lambda: shares.load(srcs, chatml_tok, settings, cache_dir=cache_dir, workers=1, index=0, count=2)  # noqa: E731
+  vote([shares._HIT])
+  store, _ = load()
+  assert votes == [shares._HIT] and not split and len(store) > 0
+  vote([shares._MISS])  # the other host has no copy: both tokenize their shares
+  assert load() == ("store", "stats") and split == [dict(workers=1, index=0, count=2)]
+  vote([shares._FAILED])
+  with pytest.raises(DataError, match="process 1 could not compute the key"):
+    load()
+
+  def no_key(*a, **k):
+    raise DataError("cannot read the revision")
+  monkeypatch.setattr(shares.cache, "cache_key", no_key)
+  vote([shares._HIT])
+  votes.clear()
+  with pytest.raises(DataError, match="cannot read the revision"):
+    load()
+  assert votes == [shares._FAILED]
+
+
 def test_chunk_bytes_bounds_the_collective():
   assert shares.chunk_bytes(10, 2) == shares.MIN_CHUNK_BYTES
   assert shares.chunk_bytes(3 << 20, 2) == 4 << 20
