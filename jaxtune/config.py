@@ -141,7 +141,11 @@ class DataCfg(_Section):
                     "system role (Gemma 2, Mistral v0.3)", choices=SYSTEM_MODES, determinism=True)
   workers: int = key(0, "Grain worker processes for packing/batching (0: in the main process)", min=0,
                      determinism=True)
-  cache_dir: str = key("", "cache tokenized examples (and DPO reference log-probs) here across runs; '' = off")
+  tokenize_workers: int = key(0, "processes tokenizing records before training: 0 = auto (one per CPU core, at most 16, "
+                              "once there are more than a few thousand records), 1 = in the main process; never changes "
+                              "the examples", min=0)
+  cache_dir: str = key("", "cache tokenized examples (and DPO reference log-probs) here across runs, local or gs://; "
+                       "every process of a run reads it; '' = off")
 
   def __post_init__(self):
     super().__post_init__()
