@@ -91,9 +91,6 @@ def _split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str
 def load_config(argv: list[str], *, usage: str = "jaxtune train"):
   """`--config PATH[:ARG] [--config.KEY=VALUE ...]` -> a validated Config. A typo'd key names the nearest
   declared one; a value of the wrong type names the key and the type."""
-  from absl import flags
-  from ml_collections import config_flags
-
   from jaxtune.config import Config
 
   path, overrides, rest = _split_config_args(argv)
@@ -101,7 +98,14 @@ def load_config(argv: list[str], *, usage: str = "jaxtune train"):
     raise UsageError(f"{usage}: unexpected arguments {rest}; settings are --config.KEY=VALUE")
   if path is None:
     raise UsageError(f"{usage}: --config PATH is required (a config file, e.g. configs/tiny.py)")
-  cd = load_config_file(path)
+  return Config.from_dict(apply_overrides(load_config_file(path), overrides))
+
+
+def apply_overrides(cd, overrides: list[str]):
+  """The ConfigDict `cd` with `--config.KEY=VALUE` overrides applied (ml-collections' parsing and types); a
+  typo'd key names the nearest declared one."""
+  from absl import flags
+  from ml_collections import config_flags
   for o in overrides:  # one at a time, so that an error names its own override
     fv = flags.FlagValues()
     try:
@@ -295,6 +299,52 @@ def cmd_generate(argv: list[str]) -> int:
   return 0
 
 
+_MODEL_KEYS = ("--config.mesh.", "--config.model.dtype=")  # the config keys eval reads
+
+
+def cmd_eval(argv: list[str]) -> int:
+  path, overrides, rest = _split_config_args(argv)
+  p = argparse.ArgumentParser(
+      prog="jaxtune eval", description="Score a model on lm-evaluation-harness tasks with jaxtune's own forward "
+      "pass and KV-cache decoding. Mesh: --config.mesh.data/fsdp/tensor=N (default: every device data-parallel); "
+      "compute dtype: --config.model.dtype=float32|bfloat16|auto (default: auto, float32 on CPU).")
+  p.add_argument("--model", required=True, help="HF model dir, hub id or jaxtune run dir (latest checkpoint)")
+  p.add_argument("--tasks", required=True, help="lm-eval task names (or groups, tags, globs), comma-separated")
+  p.add_argument("--limit", type=float, default=None, help="documents per task (< 1: a fraction of them)")
+  p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+  p.add_argument("--include-path", default="", help="a directory of task YAMLs (local tasks and their data)")
+  p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass / decoding batch")
+  p.add_argument("--apply-chat-template", action="store_true", help="render prompts with the chat template "
+                 "(few-shot examples as turns)")
+  p.add_argument("--chat-template", default="", help="for models without one: a built-in (llama3, chatml) or a "
+                 ".jinja file")
+  p.add_argument("--max-length", type=int, default=None, help="context length (default: the checkpoint's)")
+  p.add_argument("--seed", type=int, default=None, help="few-shot sampling and sampled generation seed (default: "
+                 "lm-eval's seeds)")
+  p.add_argument("--log-samples", action="store_true", help="results.json also holds every request and response")
+  p.add_argument("--out", default=None, help="write lm-eval's results as JSON here")
+  a = p.parse_args(rest)
+  if path is not None or any(not o.startswith(_MODEL_KEYS) for o in overrides):
+    raise UsageError("jaxtune eval reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
+                     + " ".join(([f"--config {path}"] if path else [])
+                                + [o for o in overrides if not o.startswith(_MODEL_KEYS)]))
+  if a.batch_size < 1 or (a.limit is not None and a.limit <= 0) or (a.num_fewshot is not None and a.num_fewshot < 0):
+    raise UsageError("need --batch-size >= 1, --limit > 0 and --num-fewshot >= 0")
+  from jaxtune import harness
+  harness.require_lm_eval()
+  from jaxtune.config import Config, default_config
+  cfg = Config.from_dict(apply_overrides(default_config(), overrides))
+  _maybe_init_distributed()
+  from jaxtune import mesh as mesh_lib
+  limit = int(a.limit) if a.limit is not None and a.limit >= 1 else a.limit
+  harness.evaluate_model(a.model, a.tasks, out=a.out, limit=limit, num_fewshot=a.num_fewshot,
+                         include_path=a.include_path, batch_size=a.batch_size,
+                         apply_chat_template=a.apply_chat_template, chat_template=a.chat_template,
+                         log_samples=a.log_samples, max_length=a.max_length, seed=a.seed,
+                         mesh=mesh_lib.mesh_from_cfg(cfg.mesh), dtype=cfg.model.dtype)
+  return 0
+
+
 def cmd_data(argv: list[str]) -> int:
   if not argv or argv[0] not in ("stats", "inspect"):
     raise UsageError("usage: jaxtune data {stats,inspect} --config PATH [--json] [--n N]")
@@ -327,12 +377,14 @@ def cmd_data(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
             "config": cmd_config}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
   export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
   generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
+  eval     --model HF_DIR_or_RUN_DIR --tasks T[,T...] [--limit N] [--num-fewshot K] [--include-path DIR]
+           [--batch-size B] [--apply-chat-template] [--out results.json]   (lm-evaluation-harness)
   data     {stats,inspect} --config PATH [--json] [--n N]
   config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)"""
 

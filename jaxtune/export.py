@@ -31,16 +31,17 @@ def _abstract_on(tree, mesh):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-def restore_model(run_dir: str, step: int | None = None, *, mesh=None) -> tuple[nnx.Module, dict, int]:
-  """The model of a run at `step` (latest good one by default), params sharded on `mesh`;
-  a LoRA run's model carries its (unmerged) adapters."""
+def restore_model(run_dir: str, step: int | None = None, *, mesh=None, dtype: str | None = None
+                  ) -> tuple[nnx.Module, dict, int]:
+  """The model of a run at `step` (latest good one by default), params sharded on `mesh`, computing in
+  `dtype` (a model.dtype value; default the run's); a LoRA run's model carries its (unmerged) adapters."""
   from jaxtune.models import ModelConfig, build_model
   from jaxtune.weights.hf_load import load_pretrained
 
   cfg = load_run_config(run_dir)
   hf_config = rundir.read_hf_config(run_dir)
   mesh = mesh or mesh_lib.make_mesh(data=1, fsdp=-1, tensor=1)
-  dtype, param_dtype = compute_dtype(cfg.model.dtype), jnp_dtype(cfg.model.param_dtype)
+  dtype, param_dtype = compute_dtype(dtype or cfg.model.dtype), jnp_dtype(cfg.model.param_dtype)
   with jax.set_mesh(mesh):
     if cfg.lora.rank > 0:  # frozen base weights from the source model, adapters from the checkpoint
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)

@@ -239,26 +239,30 @@ def generate(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_n
   """
   prompts = encode_prompts(tokenizer, conversations)
   stop = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
-  outs = generate_ids(model, prompts, max_new_tokens, stop, _pad_id(tokenizer, stop), batch_size=batch_size,
+  outs = generate_ids(model, prompts, max_new_tokens, stop, pad_id_for(tokenizer, stop), batch_size=batch_size,
                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
   return [{"completion": tokenizer.decode(o, skip_special_tokens=True), "completion_ids": o} for o in outs]
 
 
-def load_model(path: str, chat_template: str = "") -> tuple[nnx.Module, object, list[int]]:
+def load_model(path: str, chat_template: str = "", *, mesh=None, dtype: str | None = None
+               ) -> tuple[nnx.Module, object, list[int]]:
   """(model, tokenizer, stop ids) of an HF model dir / hub id or a jaxtune run dir (its latest checkpoint,
   LoRA adapters applied, with the tokenizer it trained with); `chat_template` for models without one adds
-  the tokens it needs and grows the vocabulary, as training does."""
+  the tokens it needs and grows the vocabulary, as training does. With `mesh`, parameters are sharded over
+  it by the rules table; `dtype` (a model.dtype value) is the compute dtype (default: float32 for an HF dir,
+  the run's model.dtype for a run dir)."""
   from jaxtune import rundir
+  from jaxtune.config import compute_dtype
   from jaxtune.data.chat import load_tokenizer
   from jaxtune.models.resize import grow_for_tokenizer
   if rundir.is_run_dir(path):
     from jaxtune.export import restore_model
-    model, _, _ = restore_model(path)
+    model, _, _ = restore_model(path, mesh=mesh, dtype=dtype)
     model_dir = rundir.hf_source_dir(path)
   else:
     from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
     model_dir = str(resolve_model_dir(path))
-    model = load_pretrained(model_dir)
+    model = load_pretrained(model_dir, dtype=compute_dtype(dtype) if dtype else None, mesh=mesh)
   tokenizer = load_tokenizer(model_dir, chat_template)
   grow_for_tokenizer(model, tokenizer)
   return model, tokenizer, stop_token_ids(tokenizer, model_dir)
