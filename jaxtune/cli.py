@@ -118,7 +118,7 @@ def apply_overrides(cd, overrides: list[str]):
     except flags.Error as e:
       raise ConfigError(f"{o}: {_first_line(str(e))}") from None
     cd = fv.config
-  return Config.from_dict(cd)
+  return cd
 
 
 def _first_line(msg: str) -> str:
