@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from jaxtune import io
-from jaxtune.errors import UsageError
+from jaxtune.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,33 @@ def evaluate_model(model_path: str, tasks: str, *, out: str | None = None, limit
   for k, v in summary(results).items():
     log.info("%s = %.4f", k, v)
   return results
+
+
+class HarnessEval:
+  """`harness(model) -> {eval_<task>_<metric>: value}`: eval.harness_tasks scored during training, on the
+  training model (sharded as it trains, in its compute dtype; a LoRA model with its adapters). Task names are
+  checked when it is built, before the first step."""
+
+  def __init__(self, cfg, tokenizer, model_dir: str, hf_config: dict[str, Any]):
+    from jaxtune.generate import stop_token_ids
+    from jaxtune.harness.run import parse_tasks, task_manager
+    try:
+      import lm_eval  # noqa: F401
+    except ImportError:
+      raise ConfigError("config key 'eval.harness_tasks' is set but lm-evaluation-harness is not installed: "
+                        "pip install 'jaxtune[eval]'") from None
+    e = cfg.eval
+    self.tasks = parse_tasks(e.harness_tasks)
+    task_manager(self.tasks, e.harness_include_path)
+    self.tokenizer, self.hf_config = tokenizer, hf_config
+    self.stop_ids = stop_token_ids(tokenizer, model_dir)
+    fewshot = None if e.harness_num_fewshot < 0 else e.harness_num_fewshot
+    self.kw = dict(limit=e.harness_limit or None, num_fewshot=fewshot,
+                   include_path=e.harness_include_path, apply_chat_template=e.harness_chat_template, bootstrap_iters=0)
+    self.batch_size = e.batch_size
+
+  def __call__(self, model) -> dict[str, float]:
+    from jaxtune.harness.lm import JaxtuneLM
+    from jaxtune.harness.run import evaluate, summary
+    lm = JaxtuneLM(model, self.tokenizer, self.stop_ids, hf_config=self.hf_config, batch_size=self.batch_size)
+    return summary(evaluate(lm, self.tasks, **self.kw))

@@ -31,18 +31,24 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
   return names
 
 
+@functools.lru_cache(maxsize=8)
+def _manager(include_path: str, defaults: bool):
+  from lm_eval.tasks import TaskManager
+  return TaskManager(include_path=include_path or None, include_defaults=defaults)
+
+
 def task_manager(tasks: Sequence[str], include_path: str = ""):
   """An lm-eval TaskManager that knows every task in `tasks` (include_path's alone when it has them all)."""
-  from lm_eval.tasks import TaskManager
   if include_path and not io.is_dir(include_path):
-    raise UsageError(f"--include-path {include_path!r} is not a directory")
+    raise UsageError(f"the task directory {include_path!r} (--include-path / eval.harness_include_path) is not a "
+                     "directory")
   known: list[str] = []
   if include_path:
-    tm = TaskManager(include_path=include_path, include_defaults=False)
+    tm = _manager(include_path, False)
     if not _unknown(tasks, tm.all_tasks):
       return tm
     known = tm.all_tasks
-  tm = TaskManager(include_path=include_path or None)
+  tm = _manager(include_path, True)
   missing = _unknown(tasks, tm.all_tasks)
   if missing:
     close = sorted({c for t in missing for c in difflib.get_close_matches(t, tm.all_tasks + known, n=3)})

@@ -4,6 +4,7 @@
 step; the hooks run on it in order:
 
   EvalHook        eval loss and eval prompts at eval points (every train.eval_every, and the last step)
+  HarnessHook     lm-evaluation-harness tasks (eval.harness_tasks) at the same points
   MetricsHook     reads each step's metrics one step late (the host never waits on the step it just
                   dispatched), stops the run on a non-finite loss (the NaN guard), writes metrics.jsonl /
                   TensorBoard rows every train.log_every, moves the progress bar
@@ -93,6 +94,29 @@ class EvalHook(Hook):
       if "eval_exact_match" in metrics:
         log.info("step %d: eval exact match %.1f%% on %d prompts", info.step, 100 * metrics["eval_exact_match"],
                  len(self.samples))
+    info.paused_s += time.perf_counter() - t0
+
+
+class HarnessHook(Hook):
+  """lm-evaluation-harness tasks (eval.harness_tasks) on the current model at every eval point and the last
+  step; their eval_<task>_<metric> values join that step's row."""
+
+  def __init__(self, every: int, harness, graphdef):
+    self.every, self.harness, self.graphdef = every, harness, graphdef
+
+  def due(self, info: StepInfo) -> bool:
+    return self.harness is not None and (super().due(info) or info.last)
+
+  def sync(self, info: StepInfo) -> bool:
+    return self.due(info)
+
+  def __call__(self, info: StepInfo) -> None:
+    if not self.due(info):
+      return
+    t0 = time.perf_counter()
+    metrics = self.harness(nnx.merge(self.graphdef, info.state.params, info.state.rest))
+    info.extra.update(metrics)
+    log.info("step %d: %s", info.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     info.paused_s += time.perf_counter() - t0
 
 

@@ -19,7 +19,7 @@ from flax import nnx
 from jaxtune.config import Config
 from jaxtune.mesh import global_batch
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.hooks import CheckpointHook, EvalHook, Hook, MetricsHook, StepInfo, StopSignal
+from jaxtune.train.hooks import CheckpointHook, EvalHook, HarnessHook, Hook, MetricsHook, StepInfo, StopSignal
 from jaxtune.train.metrics import MetricsWriter
 from jaxtune.train.setup import Run, build
 from jaxtune.train.state import TrainState
@@ -74,7 +74,8 @@ def train(cfg: Config) -> TrainResult:
                           checkpoint_dir=ckpt_lib.checkpoint_dir(cfg.run.dir))
     evals = EvalHook(cfg.train.eval_every, run.evaluate, run.sampler, run.graphdef, writer, cfg.eval.log_samples)
     checkpoints = CheckpointHook(run.manager, cfg.checkpoint.every, run.data_iter, run.meta, writer, run.start)
-    hooks: list[Hook] = [evals, metrics, checkpoints]
+    harness = HarnessHook(cfg.train.eval_every, run.harness, run.graphdef)
+    hooks: list[Hook] = [evals, harness, metrics, checkpoints]
     last = None
     try:
       with StopSignal() as signals:
