@@ -225,7 +225,7 @@ def _cut(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
   return tokens
 
 
-def _pad_id(tokenizer, stop: Sequence[int]) -> int:
+def pad_id_for(tokenizer, stop: Sequence[int]) -> int:
   return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
 
 

@@ -32,7 +32,7 @@ from lm_eval.models.utils import (handle_stop_sequences, has_bos_prefix, normali
                                   postprocess_generated_text, resolve_max_length)
 
 from jaxtune import log as log_lib
-from jaxtune.generate import generate_ids
+from jaxtune.generate import generate_ids, pad_id_for
 from jaxtune.harness.scoring import continuation_scores
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class JaxtuneLM(TemplateLM):
                             **kwargs) -> list[tuple[float, bool]]:
     """[((context, continuation) strings or None, context ids, continuation ids)] -> (logp, is_greedy)."""
     out = continuation_scores(self.model, [(ctx, cont) for _, ctx, cont in requests], max_length=self.max_length,
-                              batch_size=self.batch_size, pad_id=self._pad_id(), desc=desc)
+                              batch_size=self.batch_size, pad_id=pad_id_for(self.tokenizer, self.stop_ids), desc=desc)
     for (strings, _, _), answer in zip(requests, out):
       if strings is not None:
         self.cache_hook.add_partial("loglikelihood", strings, answer)
@@ -155,8 +155,9 @@ class JaxtuneLM(TemplateLM):
     prompts = [self.tok_encode(c, left_truncate_len=self.max_length - max_gen_toks) for c in contexts]
     temperature = float(kwargs.get("temperature", 0.0) or 0.0)
     sample = bool(kwargs.get("do_sample")) and temperature > 0  # else greedy, as the HF backend
-    outs = generate_ids(self.model, prompts, max_gen_toks, self._stop_ids(until), self._pad_id(),
-                        batch_size=self.batch_size, temperature=temperature if sample else 0.0,
+    pad = pad_id_for(self.tokenizer, self.stop_ids)
+    outs = generate_ids(self.model, prompts, max_gen_toks, self._stop_ids(until), pad, batch_size=self.batch_size,
+                        temperature=temperature if sample else 0.0,
                         top_p=float(kwargs.get("top_p", 1.0) or 1.0) if sample else 1.0,
                         top_k=int(kwargs.get("top_k", 0) or 0) if sample else 0, seed=self.seed)
     return [postprocess_generated_text(self.tok_decode(o), until, None) for o in outs]
@@ -174,9 +175,3 @@ class JaxtuneLM(TemplateLM):
       if len(enc) == 1 and enc[0] not in special and self.tokenizer.decode(enc) == s:
         ids.add(enc[0])
     return sorted(ids)
-
-  def _pad_id(self) -> int:
-    for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-      if t is not None:
-        return t
-    return 0

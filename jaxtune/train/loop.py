@@ -64,11 +64,19 @@ def run_hooks(run: Run, hooks: list[Hook], stop: Callable[[int], bool]) -> StepI
   return info
 
 
+def _sinks(cfg: Config) -> list:
+  """Metrics destinations besides metrics.jsonl and TensorBoard: W&B when log.wandb_project is set."""
+  if not cfg.log.wandb_project:
+    return []
+  from jaxtune.train.wandb_sink import WandbSink
+  return [WandbSink(cfg, cfg.run.dir)]
+
+
 def train(cfg: Config) -> TrainResult:
   t_start = time.perf_counter()
   run = build(cfg)
   with jax.set_mesh(run.mesh):
-    writer = MetricsWriter(cfg.run.dir)
+    writer = MetricsWriter(cfg.run.dir, make_sinks=lambda: _sinks(cfg))
     metrics = MetricsHook(writer, log_every=cfg.train.log_every, start=run.start, total=cfg.train.steps,
                           flops_per_token=run.flops_per_token, skip_nonfinite=cfg.train.skip_nonfinite,
                           checkpoint_dir=ckpt_lib.checkpoint_dir(cfg.run.dir))

@@ -105,6 +105,9 @@ def build(cfg: Config) -> Run:
   objective = objectives.for_config(cfg)
   model_dir = str(resolve_model_dir(cfg.model.path))
   tokenizer = load_tokenizer(model_dir, cfg.data.chat_template)
+  if cfg.log.wandb_project and is_main:
+    from jaxtune.train.wandb_sink import require_wandb
+    require_wandb()
   harness = None
   if cfg.eval.harness_tasks:  # task names are checked before any data or weights load
     from jaxtune.harness import HarnessEval
