@@ -345,6 +345,18 @@ def cmd_eval(argv: list[str]) -> int:
   return 0
 
 
+def cmd_plot(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxtune plot", description="Loss, eval loss, learning rate (and DPO reward "
+                              "accuracy) by step of one or more runs, overlaid, as a PNG.")
+  p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+  p.add_argument("--out", default=None, help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png "
+                 "for several)")
+  a = p.parse_args(argv)
+  from jaxtune.plot import plot_runs
+  print(plot_runs(a.runs, a.out))
+  return 0
+
+
 def cmd_data(argv: list[str]) -> int:
   if not argv or argv[0] not in ("stats", "inspect"):
     raise UsageError("usage: jaxtune data {stats,inspect} --config PATH [--json] [--n N]")
@@ -377,14 +389,15 @@ def cmd_data(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
-            "config": cmd_config}
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
+            "data": cmd_data, "config": cmd_config}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
   export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
   generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
   eval     --model HF_DIR_or_RUN_DIR --tasks T[,T...] [--limit N] [--num-fewshot K] [--include-path DIR]
            [--batch-size B] [--apply-chat-template] [--out results.json]   (lm-evaluation-harness)
+  plot     RUN_DIR [RUN_DIR ...] [--out FILE]   (loss / eval loss / lr curves as a PNG)
   data     {stats,inspect} --config PATH [--json] [--n N]
   config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)"""
 

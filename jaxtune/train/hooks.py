@@ -8,6 +8,7 @@ step; the hooks run on it in order:
   MetricsHook     reads each step's metrics one step late (the host never waits on the step it just
                   dispatched), stops the run on a non-finite loss (the NaN guard), writes metrics.jsonl /
                   TensorBoard rows every train.log_every, moves the progress bar
+  CurvesHook      redraws RUN_DIR/curves.png at eval points and at the end
   CheckpointHook  saves every checkpoint.every steps, and at the end or on a stop signal
 
 A hook that must see the current step checked (a checkpoint never holds a state whose
@@ -29,6 +30,7 @@ import jax
 from flax import nnx
 
 from jaxtune import log as log_lib
+from jaxtune import rundir
 from jaxtune.errors import TrainingError
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.metrics import MetricsWriter, mfu
@@ -180,6 +182,31 @@ class MetricsHook(Hook):
       self._read(self.pending)
       self.pending = None
     self.bar.close()
+
+
+class CurvesHook(Hook):
+  """RUN_DIR/curves.png (jaxtune.plot) from the run's metrics rows, rewritten at every eval point (after
+  MetricsHook wrote that step's row) and at the end; process 0 only. A failure to draw is a warning: it
+  never stops training."""
+
+  def __init__(self, every: int, writer: MetricsWriter):
+    self.every, self.writer = every, writer
+
+  def __call__(self, info: StepInfo) -> None:
+    if self.due(info) and not info.last:  # the last step is drawn by end(), once its row is written
+      self._draw()
+
+  def end(self, info: StepInfo | None) -> None:
+    self._draw()
+
+  def _draw(self) -> None:
+    if not self.writer.enabled or not self.writer.history:
+      return
+    from jaxtune import plot
+    try:
+      plot.write_curves(self.writer.run_dir, self.writer.history)
+    except Exception as e:  # noqa: BLE001 - a picture is not worth a training run
+      log.warning("could not draw %s: %s: %s", rundir.CURVES, type(e).__name__, e)
 
 
 class CheckpointHook(Hook):

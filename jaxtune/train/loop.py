@@ -19,7 +19,8 @@ from flax import nnx
 from jaxtune.config import Config
 from jaxtune.mesh import global_batch
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.hooks import CheckpointHook, EvalHook, HarnessHook, Hook, MetricsHook, StepInfo, StopSignal
+from jaxtune.train.hooks import (CheckpointHook, CurvesHook, EvalHook, HarnessHook, Hook, MetricsHook, StepInfo,
+                                 StopSignal)
 from jaxtune.train.metrics import MetricsWriter
 from jaxtune.train.setup import Run, build
 from jaxtune.train.state import TrainState
@@ -83,13 +84,15 @@ def train(cfg: Config) -> TrainResult:
     evals = EvalHook(cfg.train.eval_every, run.evaluate, run.sampler, run.graphdef, writer, cfg.eval.log_samples)
     checkpoints = CheckpointHook(run.manager, cfg.checkpoint.every, run.data_iter, run.meta, writer, run.start)
     harness = HarnessHook(cfg.train.eval_every, run.harness, run.graphdef)
-    hooks: list[Hook] = [evals, harness, metrics, checkpoints]
+    curves = CurvesHook(cfg.train.eval_every, writer)
+    hooks: list[Hook] = [evals, harness, metrics, curves, checkpoints]
     last = None
     try:
       with StopSignal() as signals:
         stop = lambda step: signals.signum is not None or run.manager.reached_preemption(step)  # noqa: E731
         last = run_hooks(run, hooks, stop)
         metrics.end(last)
+        curves.end(last)
         stopped = last is not None and last.step < cfg.train.steps
         if stopped:
           log.info("%s received: saving step %d and exiting", signals.name, last.step)
