@@ -257,6 +257,9 @@ def cmd_export(argv: list[str]) -> int:
   return 0
 
 
+_GENERATE_CHUNK = 256  # prompts decoded per generate() call by `jaxtune generate --prompts`
+
+
 def cmd_generate(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="jaxtune generate",
                               description="Chat-templated generation (greedy, or sampled with --temperature > 0).")
@@ -278,6 +281,7 @@ def cmd_generate(argv: list[str]) -> int:
   a = p.parse_args(argv)
   if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0 or a.max_new_tokens < 1:
     raise UsageError("need --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+  from jaxtune import log as log_lib
   from jaxtune.data.prompts import read_prompts
   from jaxtune.generate import generate, load_model
 
@@ -288,8 +292,13 @@ def cmd_generate(argv: list[str]) -> int:
     prompts = [p.messages for p in read_prompts(a.prompts, strict=True)]
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
-  outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                  top_p=a.top_p, top_k=a.top_k, seed=a.seed, stop_ids=stop_ids)
+  outs = []
+  bar = log_lib.progress(total=len(prompts), desc="generating", unit="prompt")
+  for i in range(0, len(prompts), _GENERATE_CHUNK):  # a few batches at a time, for the progress bar
+    outs += generate(model, tokenizer, prompts[i:i + _GENERATE_CHUNK], max_new_tokens=a.max_new_tokens,
+                     temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed + i, stop_ids=stop_ids)
+    bar.update(len(outs) - bar.n)
+  bar.close()
   for conv, out in zip(prompts, outs):
     if a.json:
       print(json.dumps({"prompt": conv[-1]["content"], "completion": out["completion"],

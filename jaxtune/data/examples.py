@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxtune import log as log_lib
 from jaxtune.data import chat, packing, records
 from jaxtune.data import packing as packing_lib
 from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
@@ -267,23 +268,31 @@ def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "as
     convert = records.convert
     tokenize = lambda items: _tokenize(items, tokenizer, builder, stats, file_counts, seq_len, mask,  # noqa: E731
                                        overlong, strict, vocab, reasoning=reasoning, system=system)
+  bar = log_lib.progress(desc="tokenizing", unit="rec")
+
+  def flush(pending: list) -> None:
+    tokenize(pending)
+    bar.update(stats.records - bar.n)
+    bar.set_postfix(examples=f"{builder.n:,}", tokens=f"{stats.tokens:,}")
+
   for src in sources:
     before = (stats.records, builder.n, stats.tokens)
     pending: list = []
     for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts, convert):
       pending.append(item)
       if len(pending) == _BATCH:
-        tokenize(pending)
+        flush(pending)
         pending = []
       if max_examples is not None and builder.n + len(pending) >= max_examples:
         break
-    tokenize(pending)
+    flush(pending)
     builder.end_source()
     stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
                           "records": stats.records - before[0], "examples": builder.n - before[1],
                           "tokens": stats.tokens - before[2]})
     if max_examples is not None and builder.n >= max_examples:
       break
+  bar.close()
   if shard_count == 1 and max_examples is None:
     for file, (n_records, n_valid) in file_counts.items():
       if n_valid == 0:
