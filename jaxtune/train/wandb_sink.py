@@ -42,7 +42,8 @@ class WandbSink:
     self.run = wandb.init(project=lg.wandb_project, entity=lg.wandb_entity or None,
                           name=lg.wandb_run_name or os.path.basename(os.path.normpath(run_dir)),
                           tags=[t.strip() for t in lg.wandb_tags.split(",") if t.strip()] or None,
-                          config=cfg.to_dict(), id=run_id, resume="allow")
+                          id=run_id, resume="allow")
+    self.run.config.update(cfg.to_dict(), allow_val_change=True)  # a resumed run may change e.g. train.steps
     if not io.exists(id_file):
       io.write_text(id_file, run_id + "\n")
     self.run.define_metric("step")

@@ -40,7 +40,7 @@ def write_mc_task(d: Path, name: str = "tiny_mc", n: int = 8) -> None:
 
 
 def gen_docs(n: int = 8) -> list[dict]:
-  return [{"question": f"Join {WORDS[i % 8]} and {WORDS[(5 * i + 2) % 8]}.", "answer": "x"} for i in range(n)]
+  return [{"question": f"Join {WORDS[i % 8]} and {WORDS[(5 * i + 2 + i // 8) % 8]}.", "answer": "x"} for i in range(n)]
 
 
 def write_gen_task(d: Path, name: str = "tiny_gen", docs: list[dict] | None = None, max_gen_toks: int = 12,
