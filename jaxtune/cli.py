@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
-from pathlib import Path
 
 from jaxtune.errors import ConfigError, UsageError, UserError
 
@@ -153,76 +151,11 @@ def cmd_train(argv: list[str]) -> int:
     return 0
   cfg = load_config(argv)
   _maybe_init_distributed()
+  from jaxtune.train.loop import train
   if cfg.demo.enabled:
-    return _train_demo(cfg)
-  from jaxtune.train.loop import train
+    from jaxtune.demo import flows
+    return flows.run(cfg, train)
   train(cfg)
-  return 0
-
-
-def _train_demo(cfg) -> int:
-  import jaxtune
-  from jaxtune import demo
-  from jaxtune.data.chat import load_tokenizer
-  from jaxtune.train.loop import train
-
-  if cfg.train.objective == "dpo":
-    return _train_demo_dpo(cfg)
-  t0 = time.perf_counter()
-  demo.prepare(cfg, log=log.info)
-  tokenizer = load_tokenizer(cfg.model.path)
-  base = jaxtune.load_pretrained(cfg.model.path)
-  before = demo.report_before(cfg, base, tokenizer, log=log.info)
-  del base
-  result = train(cfg)
-  out = os.path.join(cfg.run.dir, "hf")
-  model = result.model()
-  jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
-  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples, log=log.info)
-  log.info("demo: held-out exact match %.1f%% before -> %.1f%% after tuning, in %.0fs; tuned model exported to %s",
-           100 * before, 100 * after, time.perf_counter() - t0, os.path.abspath(out))
-  return 0
-
-
-def _train_demo_dpo(cfg) -> int:
-  """The DPO demo: the SFT demo's tuned model (trained here first if the cache lacks it), pairs, DPO,
-  held-out reward accuracy and exact match before and after."""
-  import jaxtune
-  from jaxtune import demo
-  from jaxtune.config import Config
-  from jaxtune.data.chat import load_tokenizer
-  from jaxtune.demo.configs import dpo_paths, sft_config
-  from jaxtune.train.loop import train
-
-  t0 = time.perf_counter()
-  paths = dpo_paths(cfg.demo.cache_dir)
-  sft = Config.from_dict(sft_config(cfg.demo.cache_dir))
-  assets = demo.prepare(sft, log=log.info)
-  if not os.path.exists(os.path.join(paths["sft_model"], "config.json")):
-    log.info("[demo] the SFT demo's tuned model is not in the cache yet: tuning it first (configs/demo.py)")
-    import dataclasses
-    sft = dataclasses.replace(sft, run=dataclasses.replace(sft.run, dir=paths["sft_run"]),
-                              eval=dataclasses.replace(sft.eval, prompts=""),
-                              train=dataclasses.replace(sft.train, eval_every=0))
-    result = train(sft)
-    jaxtune.save_pretrained(result.model(), paths["sft_model"], tokenizer=result.tokenizer)
-  from jaxtune.demo import preference
-  preference.prepare(Path(paths["pairs"]), cfg.demo.train_examples, assets.heldout_path)
-  tokenizer = load_tokenizer(cfg.model.path)
-  start = jaxtune.load_pretrained(cfg.model.path)
-  pref_before = demo.report_preferences("before DPO", cfg, start, tokenizer, paths["heldout"], None)
-  before = demo.report_before(cfg, start, tokenizer, log=log.info)
-  del start
-  result = train(cfg)
-  model = result.model()
-  out = os.path.join(cfg.run.dir, "hf")
-  jaxtune.save_pretrained(model, out, tokenizer=result.tokenizer)
-  pref_after = demo.report_preferences("after DPO", cfg, model, result.tokenizer, paths["heldout"],
-                                       result.last_metrics.get("eval_reward_accuracy"))
-  after = demo.report_after(cfg, model, result.tokenizer, out, samples=result.samples, log=log.info)
-  log.info("demo_dpo: held-out reward accuracy 50%% -> %.1f%%, log-prob preference %.1f%% -> %.1f%%, greedy exact "
-           "match %.1f%% -> %.1f%%, in %.0fs", 100 * result.last_metrics.get("eval_reward_accuracy", float("nan")),
-           100 * pref_before, 100 * pref_after, 100 * before, 100 * after, time.perf_counter() - t0)
   return 0
 
 

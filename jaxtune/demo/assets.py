@@ -139,3 +139,28 @@ def _install(tmp: Path, root: Path, want: dict[str, Any]) -> None:
   except OSError:
     if not is_ready(root, want):
       raise
+
+
+# The distillation demo's student: the same tokenizer and vocabulary, a quarter of the teacher's parameters.
+STUDENT = dict(MODEL, hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=4)
+
+
+def build_student(out: Path) -> None:
+  """A random-init student model with the demo tokenizer, built once into `out` (reused when present)."""
+  if (out / MARKER).exists():
+    return
+  from flax import nnx
+
+  import jaxtune
+  from jaxtune.demo.tokenizer import build_tokenizer
+  from jaxtune.models import ModelConfig, build_model
+  tok = build_tokenizer()
+  base = model_config()
+  cfg = ModelConfig(family="llama", vocab_size=base.vocab_size, bos_token_id=base.bos_token_id,
+                    eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id, **STUDENT)
+  tmp = out.parent / f".{out.name}-tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  jaxtune.save_pretrained(build_model(cfg, rngs=nnx.Rngs(SEED + 1)), tmp, tokenizer=tok)
+  (tmp / MARKER).write_text(json.dumps({"student": STUDENT}, sort_keys=True))
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)

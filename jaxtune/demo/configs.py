@@ -80,3 +80,26 @@ def dpo_config(cache_dir: str = ""):
   c.optim.warmup_steps = 10
   c.run.dir = "runs/demo_dpo"
   return c
+
+
+def distill_paths(cache_dir: str = "") -> dict[str, str]:
+  return {"student_base": str(asset_paths(cache_dir).root / "student_base")}
+
+
+def distill_config(cache_dir: str = ""):
+  """`jaxtune train --config configs/demo_distill.py`: a student a quarter of the SFT demo model's size,
+  distilled from that tuned model (built first if missing) on the SFT demo's data; the flow also tunes the
+  same student by SFT on the same data and budget, and compares their held-out exact match."""
+  c = sft_config(cache_dir)
+  c.train.objective = "distill"
+  c.model.path = distill_paths(cache_dir)["student_base"]
+  c.distill.teacher = dpo_paths(cache_dir)["sft_model"]
+  c.distill.temperature = 1.0
+  c.distill.alpha = 0.0
+  c.distill.divergence = "forward_kl"
+  c.train.steps = 300
+  c.train.eval_every = 300  # exact match at the end (eval.prompts: the SFT demo's held-out prompts)
+  c.train.log_every = 50
+  c.optim.lr = 3e-3
+  c.run.dir = "runs/demo_distill"
+  return c

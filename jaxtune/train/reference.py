@@ -108,17 +108,23 @@ def _forward_fn(graphdef, num_segments: int, chunk: int):
   return f
 
 
+def view_sequences(store) -> np.ndarray:
+  """The stored sequence ids of a store's examples (a view's: `data.eval_fraction` splits one store)."""
+  stored = np.arange(len(store)) if store.index is None else np.asarray(store.index)
+  return (stored[:, None] * store.group + np.arange(store.group)[None]).reshape(-1)
+
+
 def compute_logps(model: nnx.Module, pipeline, mesh, todo: np.ndarray, *, chunk: int = 0) -> np.ndarray:
-  """Log-probs (float64 [n_sequences], NaN where not computed) of the stored sequences `todo` (bool mask)
-  of `pipeline`'s store: a forward pass over the pipeline's packed rows of every unit holding one, each
-  process feeding its own rows, the results gathered on every process."""
+  """Log-probs (float64 [stored sequences], NaN where not computed) of the stored sequences `todo` (bool
+  mask) of `pipeline`'s store: a forward pass over the pipeline's packed rows of every example holding one,
+  each process feeding its own rows, the results gathered on every process."""
   from jax.experimental import multihost_utils
   graphdef, state = nnx.split(model)
   out = np.full(len(todo), np.nan)
   sharding = mesh_lib.batch_sharding(mesh)
   fn = None
-  batches = pipeline.one_pass(units=np.flatnonzero(todo.reshape(-1, pipeline.group).any(axis=1)))
-  for batch in log_lib.progress(batches, desc="reference log-probs", unit="batch"):
+  units = np.flatnonzero(todo[view_sequences(pipeline.store)].reshape(-1, pipeline.group).any(axis=1))
+  for batch in log_lib.progress(pipeline.one_pass(units=units), desc="reference log-probs", unit="batch"):
     seq_ids = batch["seq_ids"]
     if fn is None:
       fn = _forward_fn(graphdef, seq_ids.shape[1], chunk)
@@ -141,14 +147,17 @@ def attach_reference_logps(ctx, *, chunk: int = 0) -> None:
   cache_dir = io.join(cfg.data.cache_dir, "reference") if cfg.data.cache_dir else DEFAULT_DIR
   fp = fingerprint(ctx.model, compute_dtype(cfg.model.dtype))
   table = load_cache(cache_dir, fp)
-  computed = 0
+  computed = total = 0
   for name, pipe in ctx.pipelines.items():
     if pipe is None:
       continue
     keys = sequence_keys(pipe.store)
+    mine = np.zeros(len(keys), bool)
+    mine[view_sequences(pipe.store)] = True  # this split's sequences (all, unless eval_fraction splits a store)
     values = np.array([table.get(k.tobytes(), np.nan) for k in keys], np.float64)
-    todo = np.isnan(values)
-    STATS["reused"] += int((~todo).sum())
+    todo = np.isnan(values) & mine
+    STATS["reused"] += int((mine & ~todo).sum())
+    total += int(mine.sum())
     if todo.any():
       fresh = compute_logps(ctx.model, pipe, ctx.mesh, todo, chunk=chunk)
       for k, v in zip(keys[todo], fresh[todo]):
@@ -156,13 +165,12 @@ def attach_reference_logps(ctx, *, chunk: int = 0) -> None:
       computed += int(todo.sum())
       # one value per content: copies of a sequence (computed in different rows, equal to float rounding) all
       # take the table's, so this run sees exactly what a later run reads back from the cache
-      values = np.array([table[k.tobytes()] for k in keys], np.float64)
-    if np.isnan(values).any():
-      raise RuntimeError(f"reference log-probs missing for {int(np.isnan(values).sum())} {name} sequences")
-    pipe.set_values(values.astype(np.float32))
+      values = np.array([table.get(k.tobytes(), np.nan) for k in keys], np.float64)
+    if np.isnan(values[mine]).any():
+      raise RuntimeError(f"reference log-probs missing for {int(np.isnan(values[mine]).sum())} {name} sequences")
+    pipe.set_values(np.where(mine, values, 0.0).astype(np.float32))
   STATS["computed"] += computed
   if computed and jax.process_index() == 0:
     save_cache(cache_dir, fp, table)
-  log.info("reference log-probs: %d sequences computed, %d reused from %s", computed,
-           sum(len(p.store.offsets) - 1 for p in ctx.pipelines.values() if p is not None) - computed,
+  log.info("reference log-probs: %d sequences computed, %d reused from %s", computed, total - computed,
            _cache_path(cache_dir, fp))

@@ -316,3 +316,31 @@ def test_dpo_needs_preference_data(tiny_run):
   assert p.returncode == 1 and "preference" in p.stderr and "Traceback" not in p.stderr
   p = cli.jaxtune("train", tiny_run.config, "--config.train.objective=dpo", check=False)  # format auto: SFT records
   assert p.returncode == 1 and "not_a_pair" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_held_out_fraction_of_pairs(tiny_dpo, tmp_path):
+  """data.eval_fraction splits one store of pairs: each split gets the reference log-probs of its own pairs."""
+  run = tmp_path / "run"
+  p = cli.jaxtune("train", tiny_dpo.config, f"--config.run.dir={run}", f"--config.data.cache_dir={tmp_path}/c",
+                  "--config.data.eval_fraction=0.25", "--config.train.eval_every=2", "--config.train.steps=2",
+                  "--config.checkpoint.every=0")
+  computed, reused = reference_line(p.stdout)  # held-out copies of train sequences are found by content
+  assert computed + reused == 2 * tiny_dpo.pairs and computed > reused
+  last = cli.metrics(str(run))[-1]
+  assert last["step"] == 2 and 0 <= last["eval_reward_accuracy"] <= 1 and abs(last["eval_loss"] - np.log(2)) < 0.1
+
+
+def test_lora_dpo_reuses_the_base_reference_and_exports(dpo_runs):
+  """With LoRA the reference is the base model: the full fine-tune's cached log-probs serve (the fingerprint
+  covers the base weights, not the adapters); the adapters export merged or as a PEFT adapter."""
+  tmp, args, _ = dpo_runs
+  run = str(tmp / "lora")
+  p = cli.jaxtune(*args(run, "--config.lora.rank=4", "--config.train.steps=3", "--config.train.eval_every=0",
+                        "--config.data.eval=()", "--config.checkpoint.every=0"))
+  assert reference_line(p.stdout)[0] == 0
+  rows = cli.metrics(run)
+  assert abs(rows[0]["loss"] - np.log(2)) < 1e-5 and rows[-1]["loss"] < rows[0]["loss"]
+  cli.jaxtune("export", "--run", run, "--out", str(tmp / "lora_merged"))
+  cli.jaxtune("export", "--run", run, "--out", str(tmp / "lora_peft"), "--adapter-only")
+  assert os.path.exists(tmp / "lora_merged" / "config.json")
+  assert json.load(open(tmp / "lora_peft" / "adapter_config.json"))["r"] == 4

@@ -113,9 +113,9 @@ class DPO(Objective):
 
   def pipeline(self, cfg, tokenizer, split: str = "train"):
     from jaxtune.data.pipeline import build_pipeline
-    bad = [f"data.{split if split == 'train' or cfg.data.eval else 'train'}[{i}].format = {s.format!r}"
-           for i, s in enumerate(cfg.data.eval if split == "eval" and cfg.data.eval else cfg.data.train)
-           if s.format not in ("preference", "auto")]
+    key = "eval" if split == "eval" and cfg.data.eval else "train"
+    bad = [f"data.{key}[{i}].format = {src.format!r}" for i, src in enumerate(getattr(cfg.data, key))
+           if src.format not in ("preference", "auto")]
     if bad:
       raise ConfigError(f"train.objective=dpo trains on preference pairs: {'; '.join(bad)} (use 'preference' "
                         "or 'auto')")
