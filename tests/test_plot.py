@@ -49,8 +49,11 @@ def test_render_sizes_and_panels():
 
 def test_training_writes_curves_png(tiny_run):
   # The shared run evaluates at steps 3 and 6: the picture is drawn then and at the end.
-  img = _image(os.path.join(tiny_run.run_abs, "curves.png"))
+  path = os.path.join(tiny_run.run_abs, "curves.png")
+  img = _image(path)
   assert img.size == plot.figure_size(2) and _drawn(img)
+  rows = [json.loads(line) for line in open(os.path.join(tiny_run.run_abs, "metrics.jsonl"))]
+  assert open(path, "rb").read() == plot.render({os.path.basename(tiny_run.run_abs): rows})  # drawn at the end
 
 
 def test_plot_command_overlays_runs(tiny_run, tmp_path, capsys):
