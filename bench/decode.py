@@ -87,7 +87,7 @@ def make_prompts(model_dir: str, prompts_path: str | None, n: int) -> tuple[list
     raise SystemExit(f"{prompts_path} has only {len(convs)} prompts, need {n}")
   tok = load_tokenizer(model_dir)
   ids = G.encode_prompts(tok, convs)
-  return ids, G._pad_id(tok, G.stop_token_ids(tok))
+  return ids, G.pad_id_for(tok, G.stop_token_ids(tok))
 
 
 def _summary(side: str, batch: int, prefill_s: list[float], decode_s: list[float], tokens: int, dec_tokens: int,

@@ -241,7 +241,7 @@ def cmd_generate(argv: list[str]) -> int:
   return 0
 
 
-_MODEL_KEYS = ("--config.mesh.", "--config.model.dtype=")  # the config keys eval reads
+_MODEL_KEYS = ("--config.mesh.", "--config.model.dtype=")  # the config keys eval and synth read
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -296,6 +296,56 @@ def cmd_plot(argv: list[str]) -> int:
   a = p.parse_args(argv)
   from jaxtune.plot import plot_runs
   print(plot_runs(a.runs, a.out))
+
+
+def cmd_synth(argv: list[str]) -> int:
+  path, overrides, rest = _split_config_args(argv)
+  p = argparse.ArgumentParser(
+      prog="jaxtune synth", description="Teacher generation at scale into `messages` records ready for "
+      "`jaxtune train`, with verified filtering; resumable. Mesh: --config.mesh.data/fsdp/tensor=N (default: "
+      "every device data-parallel); compute dtype: --config.model.dtype=float32|bfloat16|auto.")
+  p.add_argument("--model", required=True, help="teacher: HF model dir, hub id or jaxtune run dir")
+  p.add_argument("--prompts", required=True, help="prompts in any form jaxtune train reads (a trailing "
+                 "assistant turn is dropped and is the reference unless the record has 'reference')")
+  p.add_argument("--out", required=True, help="output JSONL (OUT.jsonl.progress and OUT.jsonl.stats.json beside)")
+  p.add_argument("--n", type=int, default=1, help="samples per prompt")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+  p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--system", default=None, help="a system turn for prompts that have none")
+  p.add_argument("--chat-template", default="", help="for models without one: a built-in (llama3, chatml) or "
+                 "a .jinja file")
+  p.add_argument("--verify", default=None, help="exact | regex:PATTERN | python:MODULE:FUNCTION (default: keep "
+                 "every sample)")
+  p.add_argument("--keep", default="all", help="all | first | one-per-prompt (samples kept per prompt)")
+  p.add_argument("--token-ids", action="store_true", help="records also carry the generated token ids")
+  p.add_argument("--batch-size", type=int, default=64, help="rows decoded together, over all devices")
+  p.add_argument("--chunk", type=int, default=256, help="prompts read, decoded and written at a time")
+  p.add_argument("--strict", action="store_true", help="a malformed prompt record is an error (default: skipped)")
+  p.add_argument("--overwrite", action="store_true", help="start again even if OUT holds a previous job")
+  a = p.parse_args(rest)
+  if path is not None or any(not o.startswith(_MODEL_KEYS) for o in overrides):
+    raise UsageError("jaxtune synth reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
+                     + " ".join(([f"--config {path}"] if path else [])
+                                + [o for o in overrides if not o.startswith(_MODEL_KEYS)]))
+  from jaxtune.config import Config, default_config
+  from jaxtune.synth.verify import parse_verify
+  parse_verify(a.verify)  # a bad spec fails before jax and the model load
+  cfg = Config.from_dict(apply_overrides(default_config(), overrides))
+  from jaxtune.synth import job
+  settings = job.Settings(model=a.model, prompts=a.prompts, n=a.n, temperature=a.temperature, top_p=a.top_p,
+                          top_k=a.top_k, max_new_tokens=a.max_new_tokens, seed=a.seed, system=a.system,
+                          chat_template=a.chat_template, verify=a.verify, keep=a.keep, token_ids=a.token_ids)
+  opts = job.Options(batch_size=a.batch_size, chunk=a.chunk, strict=a.strict, overwrite=a.overwrite)
+  _maybe_init_distributed()
+  from jaxtune import mesh as mesh_lib
+  from jaxtune.generate import load_model
+  started = job.Job(settings, a.out, opts)  # a job that cannot resume fails before the model loads
+  mesh = mesh_lib.mesh_from_cfg(cfg.mesh)
+  model, tokenizer, stop_ids = load_model(a.model, a.chat_template, mesh=mesh, dtype=cfg.model.dtype)
+  started.run(model, tokenizer, stop_ids)
   return 0
 
 
@@ -331,12 +381,16 @@ def cmd_data(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "synth": cmd_synth,
+            "eval": cmd_eval, "plot": cmd_plot,
             "data": cmd_data, "config": cmd_config}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
   export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
   generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
+  synth    --model M --prompts SRC --out OUT.jsonl [--n K] [--temperature T] [--top-p P] [--max-new-tokens N]
+           [--seed S] [--system S] [--verify exact|regex:PAT|python:mod:fn] [--keep all|first|one-per-prompt]
+           [--config.mesh.data|fsdp|tensor=N]   (jaxtune synth --help lists every option)
   eval     --model HF_DIR_or_RUN_DIR --tasks T[,T...] [--limit N] [--num-fewshot K] [--include-path DIR]
            [--batch-size B] [--apply-chat-template] [--out results.json]   (lm-evaluation-harness)
   plot     RUN_DIR [RUN_DIR ...] [--out FILE]   (loss / eval loss / lr curves as a PNG)

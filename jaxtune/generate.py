@@ -14,9 +14,16 @@ Sliding-window layers keep only a ring of `window` slots (see
 sharded over a mesh decodes under that mesh, with the cache sharded by logical
 axes (batch over the data axes, kv heads over the tensor axis).
 
+Prompts are sorted by length before they are cut into batches, so each batch
+pads to the bucket of its own longest prompt; results come back in input order.
+
 Sampling: temperature 0 is greedy (argmax); otherwise logits / temperature are
 filtered to the top_k (0 = all) most likely tokens, then to the smallest set
-whose probability reaches top_p, and sampled with a key derived from `seed`.
+whose probability reaches top_p, and sampled. Every row has its own key,
+`fold_in(fold_in(PRNGKey(seed), a), b)` for the row's sample id (a, b) (by default
+(its index in the call, 0)), folded with the step number: a row's tokens depend on
+its seed, sample id, prompt and model only, not on the batch it shares, the batch
+size or the mesh.
 """
 
 from __future__ import annotations
@@ -98,7 +105,8 @@ def left_pad(prompts: Sequence[Sequence[int]], rows: int, length: int, total: in
 
 
 def sample_tokens(logits_BV: jax.Array, key: jax.Array, temperature, top_p, top_k) -> jax.Array:
-  """int32 tokens [B]: argmax when temperature <= 0, else top-k / top-p filtered sampling."""
+  """int32 tokens [B]: argmax when temperature <= 0, else top-k / top-p filtered sampling. `key` is one
+  raw PRNG key [2] for the batch or one per row [B, 2]; row b's draw depends only on its own key."""
 
   def greedy(_):
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
@@ -115,7 +123,8 @@ def sample_tokens(logits_BV: jax.Array, key: jax.Array, temperature, top_p, top_
     keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p  # the most likely token always stays
     thresh_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
     x_BV = jnp.where(x_BV < thresh_B1, -jnp.inf, x_BV)
-    return jax.random.categorical(key, x_BV, axis=-1).astype(jnp.int32)
+    keys_B2 = key if key.ndim == 2 else jax.random.split(key, x_BV.shape[0])
+    return jax.vmap(jax.random.categorical)(keys_B2, x_BV).astype(jnp.int32)
 
   return jax.lax.cond(temperature > 0, sample, greedy, None)
 
@@ -130,10 +139,24 @@ def _prefill(graphdef, state, ids_BL, seg_BL, pos_BL, cache_len: int):
   return model.logits_from_hidden(h_BLD[:, -1:])[:, 0], cache
 
 
+@jax.jit
+def _row_keys(seed, a_B, b_B):
+  """uint32 [B, 2]: fold_in(fold_in(PRNGKey(seed), a), b) per row."""
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(a_B, b_B)
+
+
+def row_keys(seed: int, sample_ids: Sequence[tuple[int, int]]) -> np.ndarray:
+  """The PRNG key [len, 2] of each row from its sample id (a, b): uint32 integers, e.g. (prompt, sample)."""
+  ab = np.asarray(sample_ids, np.uint64).reshape(-1, 2) & 0xFFFFFFFF
+  return np.asarray(_row_keys(np.uint32(seed & 0xFFFFFFFF), ab[:, 0].astype(np.uint32), ab[:, 1].astype(np.uint32)))
+
+
 @partial(jax.jit, static_argnums=(0, 14))
-def _decode_loop(graphdef, state, cache, logits_BV, next_pos_B, done_B, start, max_new, stop_ids_S, pad_id, key,
+def _decode_loop(graphdef, state, cache, logits_BV, next_pos_B, done_B, start, max_new, stop_ids_S, pad_id, keys_B2,
                  temperature, top_p, top_k, new_cap: int):
-  """Tokens [B, new_cap] sampled one per step from the cache (columns start..); finished rows get `pad_id`."""
+  """Tokens [B, new_cap] sampled one per step from the cache (columns start..); finished rows get `pad_id`.
+  Row b's token at step i is drawn with fold_in(keys_B2[b], i)."""
   model = nnx.merge(graphdef, state)
   B = logits_BV.shape[0]
   out_BN = jnp.full((B, new_cap), pad_id, jnp.int32)
@@ -144,7 +167,8 @@ def _decode_loop(graphdef, state, cache, logits_BV, next_pos_B, done_B, start, m
 
   def body(carry):
     i, logits_BV, cache, done, out_BN = carry
-    tok_B = sample_tokens(logits_BV, jax.random.fold_in(key, i), temperature, top_p, top_k)
+    step_keys_B2 = jax.vmap(jax.random.fold_in, (0, None))(keys_B2, i)
+    tok_B = sample_tokens(logits_BV, step_keys_B2, temperature, top_p, top_k)
     tok_B = jnp.where(done, pad_id, tok_B)
     out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, tok_B, i, axis=1)
     done = done | jnp.isin(tok_B, stop_ids_S)
@@ -167,42 +191,53 @@ def model_mesh(state) -> jax.sharding.Mesh | None:
 
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  pad_id: int, *, batch_size: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0, timings: dict | None = None) -> list[list[int]]:
+                 top_k: int = 0, seed: int = 0, sample_ids: Sequence[tuple[int, int]] | None = None,
+                 timings: dict | None = None) -> list[list[int]]:
   """Continuations of token-id prompts (greedy at temperature 0), each cut after its first stop token.
 
-  With no stop ids every row gets exactly `max_new_tokens`. A model sharded over a mesh decodes under that
-  mesh, its KV cache sharded by logical axes. `timings`, when given, accumulates "prefill_s" and "decode_s"
-  (wall time of the prefills and of the decode loops, each blocked on) and "new_tokens" (tokens returned).
+  With no stop ids every row gets exactly `max_new_tokens`. Prompts are decoded in batches of similar
+  length (see the module docstring); the result is in input order. `sample_ids`: one (a, b) pair of
+  uint32 integers per prompt that, with `seed`, decides its random draws (default (index, 0)). A model
+  sharded over a mesh decodes under that mesh, its KV cache sharded by logical axes. `timings`, when given,
+  accumulates "prefill_s" and "decode_s" (wall time of the prefills and of the decode loops, each blocked
+  on) and "new_tokens" (tokens returned).
   """
   if not prompts or max_new_tokens <= 0:
     return [[] for _ in prompts]
+  if sample_ids is None:
+    sample_ids = [(i, 0) for i in range(len(prompts))]
+  if len(sample_ids) != len(prompts):
+    raise ValueError(f"{len(sample_ids)} sample ids for {len(prompts)} prompts")
+  keys_P2 = row_keys(seed, sample_ids)
   graphdef, state = nnx.split(model)
   mesh = model_mesh(state)
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    return _generate_chunks(graphdef, state, prompts, max_new_tokens, stop_ids, pad_id, batch_size, temperature,
-                            top_p, top_k, seed, timings)
+    return _generate_batches(graphdef, state, prompts, keys_P2, max_new_tokens, stop_ids, pad_id, batch_size,
+                             temperature, top_p, top_k, timings)
 
 
-def _generate_chunks(graphdef, state, prompts, max_new_tokens, stop_ids, pad_id, batch_size, temperature, top_p,
-                     top_k, seed, timings):
-  length = length_bucket(max(len(p) for p in prompts))
+def _generate_batches(graphdef, state, prompts, keys_P2, max_new_tokens, stop_ids, pad_id, batch_size, temperature,
+                      top_p, top_k, timings):
   new_cap = -(-max_new_tokens // _NEW_MULTIPLE) * _NEW_MULTIPLE
   rows = min(batch_size, 1 << (len(prompts) - 1).bit_length())
   stop_S = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
-  base_key = jax.random.PRNGKey(seed)
-  out: list[list[int]] = []
-  for n, i in enumerate(range(0, len(prompts), rows)):
-    chunk = prompts[i:i + rows]
+  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar lengths
+  out: list[list[int] | None] = [None] * len(prompts)
+  for i in range(0, len(order), rows):
+    idx = order[i:i + rows]
+    chunk = [prompts[j] for j in idx]
+    length = length_bucket(max(len(p) for p in chunk))
     ids, seg, pos, done = left_pad(chunk, rows, length, length, pad_id)
+    keys_B2 = np.zeros((rows, 2), np.uint32)
+    keys_B2[:len(idx)] = keys_P2[idx]
     t0 = time.perf_counter()
     logits_BV, cache = _prefill(graphdef, state, ids, seg, pos, length + new_cap)
     if timings is not None:
       jax.block_until_ready(cache)
       t1 = time.perf_counter()
     res = _decode_loop(graphdef, state, cache, logits_BV, jnp.asarray(pos[:, -1] + 1), jnp.asarray(done),
-                       jnp.int32(length), jnp.int32(max_new_tokens), stop_S, jnp.int32(pad_id),
-                       jax.random.fold_in(base_key, n), jnp.float32(temperature), jnp.float32(top_p),
-                       jnp.int32(top_k), new_cap)
+                       jnp.int32(length), jnp.int32(max_new_tokens), stop_S, jnp.int32(pad_id), keys_B2,
+                       jnp.float32(temperature), jnp.float32(top_p), jnp.int32(top_k), new_cap)
     if not res.is_fully_addressable:  # rows sharded over several processes: every process gets them all
       from jax.experimental import multihost_utils
       res = multihost_utils.process_allgather(res, tiled=True)
@@ -211,8 +246,8 @@ def _generate_chunks(graphdef, state, prompts, max_new_tokens, stop_ids, pad_id,
       t2 = time.perf_counter()
       timings["prefill_s"] = timings.get("prefill_s", 0.0) + (t1 - t0)
       timings["decode_s"] = timings.get("decode_s", 0.0) + (t2 - t1)
-    for b in range(len(chunk)):
-      out.append(_cut(res[b, :max_new_tokens].tolist(), stop_ids))
+    for b, j in enumerate(idx):
+      out[j] = _cut(res[b, :max_new_tokens].tolist(), stop_ids)
   if timings is not None:
     timings["new_tokens"] = timings.get("new_tokens", 0) + sum(len(o) for o in out)
   return out

@@ -265,9 +265,14 @@ class JsonlLog:
     self._f = builtins.open(self._mirror, "a", encoding="utf-8")
     self._every, self._last, self._dirty = upload_every_s, -math.inf, False
 
+  @property
+  def local_path(self) -> str:
+    """The local file the rows go to (the path itself, or the mirror of a remote one)."""
+    return self._mirror
+
   def append(self, *rows: dict[str, Any]) -> None:
-    for row in rows:
-      self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """Appends the rows in one write call (a process killed around it leaves whole lines)."""
+    self._f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     self._f.flush()
     self._dirty = True
     if self.remote and time.monotonic() - self._last >= self._every:

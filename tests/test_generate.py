@@ -115,6 +115,22 @@ def test_sampling_reproducible(setup):
   assert top1 == greedy and tiny_p == greedy
 
 
+def test_a_sampled_row_depends_on_its_sample_id_not_its_batch(setup):
+  """Each row draws with its own key from (seed, sample id): the same tokens alone, in any batch or order."""
+  model, tok = setup
+  prompts = G.encode_prompts(tok, CONVS)
+  kw = dict(temperature=1.5, top_p=0.95, seed=3)
+  together = G.generate_ids(model, prompts, 8, [], tok.pad_token_id, **kw)
+  alone = [G.generate_ids(model, [p], 8, [], tok.pad_token_id, sample_ids=[(i, 0)], **kw)[0]
+           for i, p in enumerate(prompts)]
+  backwards = G.generate_ids(model, prompts[::-1], 8, [], tok.pad_token_id, batch_size=2,
+                             sample_ids=[(i, 0) for i in reversed(range(len(prompts)))], **kw)[::-1]
+  assert together == alone == backwards
+  same_prompt = G.generate_ids(model, [prompts[0]] * 4, 8, [], tok.pad_token_id,
+                               sample_ids=[(0, 0), (0, 1), (0, 2), (0, 3)], **kw)
+  assert same_prompt[0] == together[0] and len({tuple(x) for x in same_prompt}) == 4
+
+
 def test_sample_tokens_filters():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 2048))
   sample = jax.jit(G.sample_tokens)
@@ -132,11 +148,12 @@ NEW = 12
 
 
 def _hf_greedy(hf, prompt, n, eos):
+  """transformers' greedy continuation of one prompt, cut after the first eos (an id, a list of ids or None)."""
   import torch
   with torch.no_grad():
     out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                       do_sample=False, max_new_tokens=n, pad_token_id=0, eos_token_id=eos)
-  return G._cut(out[0, len(prompt):].tolist(), [eos])
+  return G._cut(out[0, len(prompt):].tolist(), eos if isinstance(eos, list) else [eos])
 
 
 def _jit_decode(graphdef):

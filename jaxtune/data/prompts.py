@@ -3,10 +3,10 @@
 Used by eval prompts during training (`eval.prompts`), `jaxtune generate --prompts`
 and `jaxtune synth`. A record is a conversation in any format `jaxtune train`
 reads (a JSONL of `{"messages": [...], "reference": "..."}` is the usual one;
-`{"prompt": "..."}` works too): the prompt is the conversation up to its last
-turn when that turn is the assistant's, and that turn is the reference unless
-`reference` is given. Malformed records are skipped and named by file:line, or
-fail in strict mode.
+`{"prompt": "..."}` and alpaca's `{"instruction", "input"}` without `output` work
+too): the prompt is the conversation up to its last turn when that turn is the
+assistant's, and that turn is the reference unless `reference` is given.
+Malformed records are skipped and named by file:line, or fail in strict mode.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def to_prompt(rec: Any) -> tuple[list[dict], str | None]:
   """(messages to reply to, reference or None) of one record; MalformedRecord if it has no prompt."""
   if isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and "completion" not in rec:
     rec = {**rec, "messages": [{"role": "user", "content": rec["prompt"]}]}
-  msgs = records.to_messages(rec, "auto", require_reply=False)
+  if isinstance(rec, dict) and "instruction" in rec and "output" not in rec and "messages" not in rec:
+    # alpaca without an answer: the alpaca conversion with a placeholder reply, which is then dropped
+    msgs = records.to_messages({**rec, "output": "-"}, "alpaca", require_reply=False)[:-1]
+  else:
+    msgs = records.to_messages(rec, "auto", require_reply=False)
   reference = rec.get("reference") if isinstance(rec, dict) else None
   if reference is not None and not isinstance(reference, str):
     raise records.MalformedRecord("bad_reference", f"'reference' is a {type(reference).__name__}")

@@ -41,3 +41,18 @@ def test_no_usable_prompt_is_an_error(tmp_path):
   path = _write_jsonl(tmp_path / "p.jsonl", [{"messages": []}])
   with pytest.raises(DataError, match="no usable prompt"):
     read_prompts(path)
+
+
+def test_every_training_form_is_a_prompt(tmp_path):
+  """sharegpt, prompt_completion and alpaca records (with or without their answer) are prompts too."""
+  path = _write_jsonl(tmp_path / "p.jsonl", [
+      {"conversations": [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Hi."}]},
+      {"prompt": "Compute 12 + 30.", "completion": "42"},
+      {"instruction": "Sort.", "input": "3 1 2"},  # alpaca without output: a prompt, no reference
+      {"instruction": "Sort.", "input": "3 1 2", "system": "Be brief.", "reference": "1 2 3"},
+  ])
+  prompts = read_prompts(path)
+  assert [p.reference for p in prompts] == ["Hi.", "42", None, "1 2 3"]
+  assert prompts[0].messages == [{"role": "user", "content": "Hello!"}]
+  assert prompts[2].messages == [{"role": "user", "content": "Sort.\n\n3 1 2"}]
+  assert prompts[3].messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort.\n\n3 1 2"}]
