@@ -65,15 +65,18 @@ class progress:  # noqa: N801 - used like tqdm
   `every_s` seconds and at the end; nothing under `--quiet` or on other processes."""
 
   def __init__(self, iterable: Iterable | None = None, *, total: float | None = None, desc: str = "",
-               unit: str = "it", initial: float = 0, every_s: float = 30.0):
+               unit: str = "it", initial: float = 0, every_s: float = 30.0, scale: bool = False):
+    """`scale`: counts shown with binary prefixes (bytes: 1.5GB, 20.1MB/s)."""
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
       total = len(iterable)
     self.iterable, self.total, self.desc, self.unit, self.every_s = iterable, total, desc, unit, every_s
+    self.scale = scale
     self.n = self._start = initial
     self._t0 = self._last = time.perf_counter()
     self.postfix = ""
     enabled = _process_index() == 0 and not _QUIET
-    self._bar = (tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
+    self._bar = (tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, unit_scale=scale,
+                      unit_divisor=1024 if scale else 1000)
                  if enabled and sys.stdout.isatty() else None)
     self._summaries = enabled and self._bar is None
 
@@ -99,9 +102,15 @@ class progress:  # noqa: N801 - used like tqdm
     self._last = time.perf_counter()
     dt = self._last - self._t0
     rate = (self.n - self._start) / dt if dt > 0 else 0.0
-    done = f"{self.n:,.0f}/{self.total:,.0f}" if self.total else f"{self.n:,.0f}"
+    if self.scale:  # 1.50GB/3.00GB (20.1MB/s)
+      done = tqdm.format_sizeof(self.n, self.unit, 1024)
+      done += f"/{tqdm.format_sizeof(self.total, self.unit, 1024)}" if self.total else ""
+      speed = f"{tqdm.format_sizeof(rate, self.unit, 1024)}/s"
+    else:  # 1,234/5,000 rec (152.00 rec/s)
+      done = (f"{self.n:,.0f}/{self.total:,.0f}" if self.total else f"{self.n:,.0f}") + f" {self.unit}"
+      speed = f"{rate:,.2f} {self.unit}/s"
     eta = f", ETA {max(self.total - self.n, 0) / rate:,.0f}s" if self.total and rate > 0 and not final else ""
-    tqdm.write(f"{self.desc + ': ' if self.desc else ''}{done} {self.unit} ({rate:,.2f} {self.unit}/s{eta})"
+    tqdm.write(f"{self.desc + ': ' if self.desc else ''}{done} ({speed}{eta})"
                + (f", {self.postfix}" if self.postfix else "") + (" - done" if final else ""), file=sys.stdout)
     sys.stdout.flush()
 

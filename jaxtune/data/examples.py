@@ -326,7 +326,8 @@ def load_share(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assis
       for items, outcomes in chunks:
         loader.apply(items, outcomes)
         bar.update(len(items))
-        bar.set_postfix(tokens_per_s=f"{stats.tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+        bar.set_postfix(examples=f"{builder.n:,}",
+                        tokens_per_s=f"{stats.tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
 
     for s, src in enumerate(sources):
       before = (stats.records, stats.tokens)
@@ -372,7 +373,7 @@ def finish(share: Share, *, check_files: bool = True, label: str = "") -> tuple[
         raise DataError(f"{file}: no valid example in {n_records} records ({stats.reasons()})")
   if share.stats.examples == 0:
     raise DataError(f"no valid example in {stats.records} records{label}: {stats.reasons()}")
-  log.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
+  log.debug("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
            stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
   return share.store, stats
 

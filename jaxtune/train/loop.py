@@ -19,7 +19,8 @@ from flax import nnx
 from jaxtune.config import Config
 from jaxtune.mesh import global_batch
 from jaxtune.train import checkpoint as ckpt_lib
-from jaxtune.train.hooks import CheckpointHook, EvalHook, Hook, MetricsHook, StepInfo, StopSignal
+from jaxtune.train.hooks import (CheckpointHook, CurvesHook, EvalHook, HarnessHook, Hook, MetricsHook, StepInfo,
+                                 StopSignal)
 from jaxtune.train.metrics import MetricsWriter
 from jaxtune.train.setup import Run, build
 from jaxtune.train.state import TrainState
@@ -64,23 +65,34 @@ def run_hooks(run: Run, hooks: list[Hook], stop: Callable[[int], bool]) -> StepI
   return info
 
 
+def _sinks(cfg: Config) -> list:
+  """Metrics destinations besides metrics.jsonl and TensorBoard: W&B when log.wandb_project is set."""
+  if not cfg.log.wandb_project:
+    return []
+  from jaxtune.train.wandb_sink import WandbSink
+  return [WandbSink(cfg, cfg.run.dir)]
+
+
 def train(cfg: Config) -> TrainResult:
   t_start = time.perf_counter()
   run = build(cfg)
   with jax.set_mesh(run.mesh):
-    writer = MetricsWriter(cfg.run.dir)
+    writer = MetricsWriter(cfg.run.dir, make_sinks=lambda: _sinks(cfg))
     metrics = MetricsHook(writer, log_every=cfg.train.log_every, start=run.start, total=cfg.train.steps,
                           flops_per_token=run.flops_per_token, skip_nonfinite=cfg.train.skip_nonfinite,
                           checkpoint_dir=ckpt_lib.checkpoint_dir(cfg.run.dir))
     evals = EvalHook(cfg.train.eval_every, run.evaluate, run.sampler, run.graphdef, writer, cfg.eval.log_samples)
     checkpoints = CheckpointHook(run.manager, cfg.checkpoint.every, run.data_iter, run.meta, writer, run.start)
-    hooks: list[Hook] = [evals, metrics, checkpoints]
+    harness = HarnessHook(cfg.train.eval_every, run.harness, run.graphdef)
+    curves = CurvesHook(cfg.train.eval_every, writer)
+    hooks: list[Hook] = [evals, harness, metrics, curves, checkpoints]
     last = None
     try:
       with StopSignal() as signals:
         stop = lambda step: signals.signum is not None or run.manager.reached_preemption(step)  # noqa: E731
         last = run_hooks(run, hooks, stop)
         metrics.end(last)
+        curves.end(last)
         stopped = last is not None and last.step < cfg.train.steps
         if stopped:
           log.info("%s received: saving step %d and exiting", signals.name, last.step)

@@ -20,6 +20,7 @@ import jax
 from flax import nnx
 
 import jaxtune
+from jaxtune import io
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
 from jaxtune.config import Config, compute_dtype, determinism_keys, jnp_dtype
@@ -57,6 +58,7 @@ class Run:
   flops_per_token: float
   evaluate: Callable | None = None  # state -> {"eval_loss", ...}
   sampler: Any = None  # model -> (metrics, samples), for eval.prompts
+  harness: Any = None  # model -> {eval_<task>_<metric>}, for eval.harness_tasks
 
   @property
   def batch_sharding(self):
@@ -103,6 +105,14 @@ def build(cfg: Config) -> Run:
   objective = objectives.for_config(cfg)
   model_dir = str(resolve_model_dir(cfg.model.path))
   tokenizer = load_tokenizer(model_dir, cfg.data.chat_template)
+  if cfg.log.wandb_project and is_main:
+    from jaxtune.train.wandb_sink import require_wandb
+    require_wandb()
+  harness = None
+  if cfg.eval.harness_tasks:  # task names are checked before any data or weights load
+    from jaxtune.harness import HarnessEval
+    harness = HarnessEval(cfg, tokenizer, model_dir, io.read_json(io.join(model_dir, "config.json")))
+    log.info("harness tasks at eval points: %s", ", ".join(harness.tasks))
   pipeline = objective.pipeline(cfg, tokenizer, "train")
   stats = pipeline.stats.to_dict()
   log.info("data: %s examples (%s loss tokens) from %s records; dropped %s %s; packing efficiency %.3f",
@@ -164,4 +174,4 @@ def build(cfg: Config) -> Run:
              data_iter=data_iter, graphdef=graphdef, state=state, frozen=frozen, step_fn=step_fn, manager=manager,
              start=int(jax.device_get(state.step)),
              meta={"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__, "data_layout": LAYOUT},
-             flops_per_token=fpt, evaluate=evaluate, sampler=sampler)
+             flops_per_token=fpt, evaluate=evaluate, sampler=sampler, harness=harness)

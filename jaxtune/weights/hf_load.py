@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, Sharding, SingleDeviceSharding
 from safetensors import safe_open
 
+from jaxtune import log as log_lib
 from jaxtune.mesh import sharding_for, variable_axes
 from jaxtune.models import CausalLM, ModelConfig, build_model
 from jaxtune.weights import tables
@@ -156,11 +157,17 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
   flat = list(nnx.to_flat_state(abstract_state))
   plan = [(path, var, *tables.hf_key(cfg.family, path)) for path, var in flat]
   check_keys({key for _, _, key, _ in plan}, set(files), tied=cfg.tie_word_embeddings)
+  itemsize = np.dtype(param_dtype).itemsize
+  total = sum(int(np.prod(var.get_value().shape, dtype=np.int64)) * itemsize for _, var, _, _ in plan)
+  bar = log_lib.progress(total=total, desc=f"loading weights from {d}", unit="B", scale=True)
   out = []
-  for path, var, key, transform in plan:
+  for i, (path, var, key, transform) in enumerate(plan):
     shape = tuple(var.get_value().shape)
     array = read_tensor(files[key], key, var, path, transform, placement(tables.dotted(path), var, shape), param_dtype)
     out.append((path, var.replace(array)))
+    bar.set_postfix(tensors=f"{i + 1}/{len(plan)}")
+    bar.update(int(np.prod(shape, dtype=np.int64)) * itemsize)
+  bar.close()
   return nnx.from_flat_state(out)
 
 
