@@ -8,6 +8,7 @@ finish the current step, save synchronously and return normally.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -19,6 +20,7 @@ from flax import nnx
 from jaxtune.config import Config
 from jaxtune.mesh import global_batch
 from jaxtune.train import checkpoint as ckpt_lib
+from jaxtune.train import lock, preflight
 from jaxtune.train.hooks import CheckpointHook, EvalHook, Hook, MetricsHook, StepInfo, StopSignal
 from jaxtune.train.metrics import MetricsWriter
 from jaxtune.train.setup import Run, build
@@ -65,7 +67,14 @@ def run_hooks(run: Run, hooks: list[Hook], stop: Callable[[int], bool]) -> StepI
 
 
 def train(cfg: Config) -> TrainResult:
+  """Pre-flight checks, the run-dir lock, then the run (see the module docstring)."""
   t_start = time.perf_counter()
+  preflight.check(cfg)
+  with lock.hold(cfg.run.dir):
+    return _train(cfg, t_start)
+
+
+def _train(cfg: Config, t_start: float) -> TrainResult:
   run = build(cfg)
   with jax.set_mesh(run.mesh):
     writer = MetricsWriter(cfg.run.dir)
@@ -85,10 +94,16 @@ def train(cfg: Config) -> TrainResult:
         if stopped:
           log.info("%s received: saving step %d and exiting", signals.name, last.step)
         checkpoints.end(last)
-    finally:
+    except BaseException:
       metrics.bar.close()
-      run.manager.close()
-      writer.close()
+      with contextlib.suppress(Exception):  # the error on its way out says what failed
+        run.manager.close()
+      with contextlib.suppress(Exception):
+        writer.close()
+      raise
+    metrics.bar.close()
+    run.manager.close()
+    writer.close()
   state = last.state if last is not None else run.state
   step = last.step if last is not None else run.start
   log.info("%s at step %d after %.1fs; checkpoints in %s", "stopped" if stopped else "trained", step,
