@@ -257,7 +257,7 @@ def load_model(path: str, chat_template: str = "") -> tuple[nnx.Module, object, 
     model_dir = rundir.hf_source_dir(path)
   else:
     from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
-    model_dir = str(resolve_model_dir(path))
+    model_dir = str(resolve_model_dir(path, what="--model"))
     model = load_pretrained(model_dir)
   tokenizer = load_tokenizer(model_dir, chat_template)
   grow_for_tokenizer(model, tokenizer)
