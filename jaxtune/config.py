@@ -265,13 +265,6 @@ class DemoCfg(_Section):
   show: int = key(6, "sample answers printed", min=0)
 
 
-SECTIONS: dict[str, type] = {
-    "model": ModelCfg, "lora": LoraCfg, "data": DataCfg, "train": TrainCfg, "optim": OptimCfg, "mesh": MeshCfg,
-    "eval": EvalCfg, "checkpoint": CheckpointCfg, "run": RunCfg, "dpo": DpoCfg, "distill": DistillCfg,
-    "demo": DemoCfg,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelCfg = dataclasses.field(default_factory=ModelCfg)
@@ -310,6 +303,10 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# section name -> its dataclass, in declaration order: the fields of Config are the one list of sections.
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 
 
 def _nearest(name: str, known) -> str:

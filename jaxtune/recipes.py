@@ -97,3 +97,44 @@ def hardware_recipe(model: str, run: str, *, fsdp: int, tensor: int = 1, data: i
   c.checkpoint.async_save = True
   c.run.dir = os.path.join(root, "runs", run)
   return c
+
+
+def cpu_recipe(arg: str | None = None, *, objective: str = "sft", run: str = "runs/tiny") -> ml_collections.ConfigDict:
+  """The small CPU recipe tests and quick local runs build on (configs/tiny.py, configs/dpo_tiny.py).
+
+  `arg` is "MODEL_DIR,DATA[,DATA...]" (`--config=configs/tiny.py:MODEL_DIR,DATA`). float32, 128-token
+  packed rows (256 for preference pairs, which share a row), 4 rows a step, 20 steps, one device.
+  `objective` "dpo" trains on preference data with the sigmoid loss, beta 0.1 and a cached reference.
+  """
+  c = default_config()
+  fmt = "preference" if objective == "dpo" else "auto"
+  if arg:
+    model_path, *data = arg.split(",")
+    c.model.path = model_path
+    c.data.train = tuple({"path": p, "format": fmt, "weight": 1.0} for p in data)
+  c.train.objective = objective
+  c.model.dtype = "float32"
+  c.model.param_dtype = "float32"
+  c.data.seq_len = 256 if objective == "dpo" else 128
+  c.data.packing = True
+  c.train.batch_size = 4
+  c.train.steps = 20
+  c.train.log_every = 5
+  c.train.seed = 0
+  c.optim.lr = 1e-4 if objective == "dpo" else 1e-3
+  c.optim.warmup_steps = 2
+  c.optim.schedule = "cosine"
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+  c.mesh.data = 1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.checkpoint.every = 10
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+  if objective == "dpo":
+    c.dpo.loss = "sigmoid"
+    c.dpo.beta = 0.1
+    c.dpo.reference = "cached"
+  c.run.dir = run
+  return c
