@@ -107,6 +107,7 @@ def load_config(argv: list[str], *, usage: str = "jaxtune train"):
   if path is None:
     raise UsageError(f"{usage}: --config PATH is required (a config file, e.g. configs/tiny.py)")
   cd = load_config_file(path)
+  _check_declared(cd, path.partition(":")[0])
   for o in overrides:  # one at a time, so that an error names its own override
     fv = flags.FlagValues()
     try:
@@ -120,6 +121,19 @@ def load_config(argv: list[str], *, usage: str = "jaxtune train"):
       raise ConfigError(f"{o}: {_first_line(str(e))}") from None
     cd = fv.config
   return Config.from_dict(cd)
+
+
+def _check_declared(cd, path: str) -> None:
+  """Every key a config file sets is a declared one; an invented key is named with the file that sets it."""
+  from jaxtune.config import declarations
+  declared = {k for k, *_ in declarations()}
+  sections = {k.split(".")[0] for k in declared}
+  for section, values in cd.items():
+    keys = [section] if section not in sections or not hasattr(values, "keys") else [
+        f"{section}.{k}" for k in values.keys()]
+    for k in keys:
+      if k not in declared:
+        raise ConfigError(f"{path}: get_config() sets {k!r}, which is not a config key{_suggest(k)}")
 
 
 def _first_line(msg: str) -> str:

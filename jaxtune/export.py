@@ -142,11 +142,16 @@ def export_run(run_dir: str, out_dir: str, *, step: int | None = None, dtype: st
   model, _, step = restore_model(run_dir, step)
   src = rundir.hf_source_dir(run_dir)  # a download when run_dir is remote
   tokenizer = load_tokenizer_files(src)
-  with io.staged_dir(out_dir, enabled=jax.process_index() == 0) as stage:
-    if adapter_only:
-      write_peft_adapter(model, cfg, stage, tokenizer)
-    else:
-      merge_lora(model)
-      save_pretrained(model, stage, tokenizer=tokenizer, dtype=None if dtype is None else jnp_dtype(dtype),
-                      source_dir=src)
+  existed = os.path.exists(out_dir)
+  try:
+    with io.staged_dir(out_dir, enabled=jax.process_index() == 0) as stage:
+      if adapter_only:
+        write_peft_adapter(model, cfg, stage, tokenizer)
+      else:
+        merge_lora(model)
+        save_pretrained(model, stage, tokenizer=tokenizer, dtype=None if dtype is None else jnp_dtype(dtype),
+                        source_dir=src)
+  except OSError as e:  # a full disk, a read-only file system: the CLI prints it as one line
+    raise OSError(e.errno, f"writing the export {out_dir} failed: {e.strerror or e}; "
+                  + (f"{out_dir} is as it was" if existed else "nothing was left behind")) from e
   return out_dir

@@ -251,7 +251,7 @@ def load_model(path: str, chat_template: str = "") -> tuple[nnx.Module, object, 
   from jaxtune import rundir
   from jaxtune.data.chat import load_tokenizer
   from jaxtune.models.resize import grow_for_tokenizer
-  if rundir.is_run_dir(path):
+  if path.strip() and rundir.is_run_dir(path):
     from jaxtune.export import restore_model
     model, _, _ = restore_model(path)
     model_dir = rundir.hf_source_dir(path)

@@ -64,6 +64,16 @@ class _NoLibraryTracebacks(logging.Filter):
     return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
 
 
+def _quiet_closed_loops(unraisable) -> None:
+  """sys.unraisablehook that drops "Event loop is closed" from tensorstore callbacks that complete after
+  Orbax closed the event loop of a failed save (dozens of tracebacks on a full disk); the rest goes to the
+  default hook."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def setup(level: str | int = "INFO", *, quiet: bool = False) -> None:
   """Routes the `jaxtune` logger to stdout/stderr (see the module docstring); other libraries' records go to
   stderr at WARNING and above."""
@@ -74,11 +84,13 @@ def setup(level: str | int = "INFO", *, quiet: bool = False) -> None:
   logger.handlers[:] = [_Handler()]
   logger.setLevel(level)
   logger.propagate = False
+  debug = str(level).upper() == "DEBUG"
   for name in ("absl", "asyncio"):
     lib = logging.getLogger(name)
     lib.filters[:] = [f for f in lib.filters if not isinstance(f, _NoLibraryTracebacks)]
-    if str(level).upper() != "DEBUG":
+    if not debug:
       lib.addFilter(_NoLibraryTracebacks())
+  sys.unraisablehook = sys.__unraisablehook__ if debug else _quiet_closed_loops
 
 
 def quiet() -> bool:

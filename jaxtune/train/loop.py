@@ -1,4 +1,5 @@
-"""The training loop: `train(cfg)` = setup, then `training_steps` driving the hooks.
+"""The training loop: `train(cfg)` = pre-flight checks and the run-dir lock (jaxtune.train.preflight,
+jaxtune.train.lock), setup, then `training_steps` driving the hooks.
 
 `training_steps` dispatches one step at a time and yields a `StepInfo` right after
 each dispatch, before the host reads anything back; the hooks (jaxtune.train.hooks)
@@ -76,6 +77,9 @@ def train(cfg: Config) -> TrainResult:
 
 def _train(cfg: Config, t_start: float) -> TrainResult:
   run = build(cfg)
+  if run.start >= cfg.train.steps:
+    log.warning("the run in %s is already at step %d and train.steps is %d: nothing to train (raise train.steps to "
+                "go on)", cfg.run.dir, run.start, cfg.train.steps)
   with jax.set_mesh(run.mesh):
     writer = MetricsWriter(cfg.run.dir)
     metrics = MetricsHook(writer, log_every=cfg.train.log_every, start=run.start, total=cfg.train.steps,

@@ -4,7 +4,7 @@ that cannot work stops at once with one line instead of after tokenizing the dat
   mesh       the mesh fits the devices; the micro-batch divides over its batch axes
   run dir    a directory (or creatable), writable (a probe file is written and removed)
   model      model.path (and distill.teacher) hold a readable, supported config.json, readable safetensors
-             headers and tokenizer files
+             headers and tokenizer files (a data.seq_len past the model's max_position_embeddings is a warning)
   attention  model.attention=cudnn / splash only on a platform that has it
   data       every data.train / data.eval source (and eval.prompts, data.chat_template) exists and is of a
              supported kind
@@ -86,8 +86,11 @@ def check_model(cfg: Config) -> None:
   from jaxtune.data.tokenizer import check_tokenizer_files
   from jaxtune.weights.hf_load import check_model_dir, resolve_model_dir
   d = resolve_model_dir(cfg.model.path, what="model.path")
-  check_model_dir(d)
+  mcfg = check_model_dir(d)
   check_tokenizer_files(str(d))
+  if mcfg.max_position_embeddings and cfg.data.seq_len > mcfg.max_position_embeddings:
+    log.warning("data.seq_len=%d is longer than the model's max_position_embeddings=%d (%s/config.json): positions "
+                "past it were never trained", cfg.data.seq_len, mcfg.max_position_embeddings, d)
   if cfg.train.objective == "distill":
     check_model_dir(resolve_model_dir(cfg.distill.teacher, what="distill.teacher"))
   if cfg.data.chat_template:

@@ -70,6 +70,9 @@ def read_hf_config(d: Path) -> dict[str, Any]:
     raise CheckpointError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
   if not isinstance(cfg, dict):
     raise CheckpointError(f"{f}: a config.json holds a JSON object, got {type(cfg).__name__}")
+  if "jaxtune_version" in cfg:
+    raise CheckpointError(f"{d} is a jaxtune run dir, not a model directory: make one with `jaxtune export --run {d} "
+                          "--out DIR` (jaxtune generate takes the run dir itself)")
   return cfg
 
 
