@@ -110,7 +110,8 @@ def test_two_trains_on_one_run_dir(tiny_run):
       assert first.poll() is None, open(log).read()
       assert time.time() - t0 < 300
       time.sleep(0.2)
-    second = cli.run_sub("train", tiny_run.config, f"--config.run.dir={run}", "--config.train.steps=100000")
+    # (a second run that got in would resume from the first's checkpoint and end at once: no long wait)
+    second = cli.run_sub("train", tiny_run.config, f"--config.run.dir={run}", "--config.train.steps=8")
     assert first.poll() is None, open(log).read()
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == 0, open(log).read()
