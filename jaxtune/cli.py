@@ -1,17 +1,22 @@
 """The `jaxtune` command line: thin; parses, builds, calls.
 
 Bad input (any `jaxtune.errors.UserError`) ends the command with one `error: ...`
-line and exit status 1; anything else is a bug, printed with its traceback under a
-line that says so. `--help`, usage and config errors are answered before jax loads.
+line and exit status 1, as does a fault of the machine (a full disk, a read-only
+file system: an OSError with one of ENVIRONMENT_ERRNOS); anything else is a bug,
+printed with its traceback under a line that says so (exit status 3).
+JAXTUNE_LOG=DEBUG shows the traceback of every error. `--help`, usage and config
+errors are answered before jax loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -96,7 +101,9 @@ def load_config(argv: list[str], *, usage: str = "jaxtune train"):
     raise UsageError(f"{usage}: unexpected arguments {rest}; settings are --config.KEY=VALUE")
   if path is None:
     raise UsageError(f"{usage}: --config PATH is required (a config file, e.g. configs/tiny.py)")
-  return Config.from_dict(apply_overrides(load_config_file(path), overrides))
+  cd = load_config_file(path)
+  _check_declared(cd, path.partition(":")[0])
+  return Config.from_dict(apply_overrides(cd, overrides))
 
 
 def apply_overrides(cd, overrides: list[str]):
@@ -117,6 +124,19 @@ def apply_overrides(cd, overrides: list[str]):
       raise ConfigError(f"{o}: {_first_line(str(e))}") from None
     cd = fv.config
   return cd
+
+
+def _check_declared(cd, path: str) -> None:
+  """Every key a config file sets is a declared one; an invented key is named with the file that sets it."""
+  from jaxtune.config import declarations
+  declared = {k for k, *_ in declarations()}
+  sections = {k.split(".")[0] for k in declared}
+  for section, values in cd.items():
+    keys = [section] if section not in sections or not hasattr(values, "keys") else [
+        f"{section}.{k}" for k in values.keys()]
+    for k in keys:
+      if k not in declared:
+        raise ConfigError(f"{path}: get_config() sets {k!r}, which is not a config key{_suggest(k)}")
 
 
 def _first_line(msg: str) -> str:
@@ -177,7 +197,9 @@ def cmd_export(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="jaxtune export", description="Write a run's checkpoint as an HF model dir.")
   p.add_argument("--run", required=True, help="run directory (RUN_DIR)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--out", required=True, help="output HF model directory")
+  p.add_argument("--out", required=True, help="output HF model directory (new or empty, or see --overwrite)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --out that holds a model export (written aside, then swapped in)")
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                  help="tensor dtype to write (default: the params' dtype)")
   p.add_argument("--adapter-only", action="store_true",
@@ -185,7 +207,7 @@ def cmd_export(argv: list[str]) -> int:
   a = p.parse_args(argv)
   _maybe_init_distributed()
   from jaxtune.export import export_run
-  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only)
+  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only, overwrite=a.overwrite)
   log.info("exported %s -> %s", a.run, os.path.abspath(out))
   return 0
 
@@ -212,8 +234,10 @@ def cmd_generate(argv: list[str]) -> int:
   p.add_argument("--json", action="store_true",
                  help="one JSON object per prompt: prompt, completion, completion_ids")
   a = p.parse_args(argv)
-  if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0 or a.max_new_tokens < 1:
-    raise UsageError("need --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+  if not (math.isfinite(a.temperature) and a.temperature >= 0 and 0.0 < a.top_p <= 1.0 and a.top_k >= 0
+          and a.max_new_tokens >= 1):
+    raise UsageError("need --max-new-tokens >= 1, a finite --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0; "
+                     f"got {a.max_new_tokens}, {a.temperature}, {a.top_p}, {a.top_k}")
   from jaxtune import log as log_lib
   from jaxtune.data.prompts import read_prompts
   from jaxtune.generate import generate, load_model
@@ -386,7 +410,7 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, 
             "data": cmd_data, "config": cmd_config}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
-  export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
+  export   --run RUN_DIR [--step N] --out HF_DIR [--overwrite] [--dtype bfloat16|float32] [--adapter-only]
   generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
   synth    --model M --prompts SRC --out OUT.jsonl [--n K] [--temperature T] [--top-p P] [--max-new-tokens N]
            [--seed S] [--system S] [--verify exact|regex:PAT|python:mod:fn] [--keep all|first|one-per-prompt]
@@ -419,11 +443,24 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(f"error: {e}") from None
   except (SystemExit, KeyboardInterrupt):
     raise
+  except OSError as e:
+    if e.errno not in ENVIRONMENT_ERRNOS or os.environ.get("JAXTUNE_LOG", "").upper() == "DEBUG":
+      return _internal_error()
+    raise SystemExit(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror}") from None
   except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
-    print("error: jaxtune hit an internal error (a bug: please report it with the traceback below)",
-          file=sys.stderr)
-    traceback.print_exc()
-    return 3
+    return _internal_error()
+
+
+# Faults of the machine, not of jaxtune: a full disk, a read-only or vanished file system, a missing permission.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                      errno.ESTALE, errno.ENOTCONN}
+
+
+def _internal_error() -> int:
+  """Prints the exception being handled as a bug, with its traceback; exit status 3."""
+  print("error: jaxtune hit an internal error (a bug: please report it with the traceback below)", file=sys.stderr)
+  traceback.print_exc()
+  return 3
 
 
 if __name__ == "__main__":

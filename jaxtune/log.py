@@ -11,8 +11,10 @@ Library use (and pytest) leaves logging alone: records propagate to the root log
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+import traceback
 from typing import Any, Iterable
 
 from tqdm import tqdm
@@ -44,6 +46,34 @@ class _Handler(logging.Handler):
       self.handleError(record)
 
 
+_STATUS_RE = re.compile(r"^[A-Z_]{5,}: ")  # an absl::Status string, as tensorstore's errors start
+
+
+class _NoLibraryTracebacks(logging.Filter):
+  """Drops the error records with tracebacks that Orbax logs from each of its background threads when a
+  save or restore fails, and asyncio's "exception was never retrieved" for each tensorstore read that
+  failed alongside (some 600 lines for one full disk): jaxtune reports those failures itself, in one line
+  (jaxtune.train.checkpoint). JAXTUNE_LOG=DEBUG keeps them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not record.exc_info or record.exc_info[1] is None:
+      return True
+    error, tb = record.exc_info[1], record.exc_info[2]
+    if record.name == "asyncio":
+      return not _STATUS_RE.match(str(error))
+    return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+def _quiet_closed_loops(unraisable) -> None:
+  """sys.unraisablehook that drops "Event loop is closed" from tensorstore callbacks that complete after
+  Orbax closed the event loop of a failed save (dozens of tracebacks on a full disk); the rest goes to the
+  default hook."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def setup(level: str | int = "INFO", *, quiet: bool = False) -> None:
   """Routes the `jaxtune` logger to stdout/stderr (see the module docstring); other libraries' records go to
   stderr at WARNING and above."""
@@ -54,6 +84,13 @@ def setup(level: str | int = "INFO", *, quiet: bool = False) -> None:
   logger.handlers[:] = [_Handler()]
   logger.setLevel(level)
   logger.propagate = False
+  debug = str(level).upper() == "DEBUG"
+  for name in ("absl", "asyncio"):
+    lib = logging.getLogger(name)
+    lib.filters[:] = [f for f in lib.filters if not isinstance(f, _NoLibraryTracebacks)]
+    if not debug:
+      lib.addFilter(_NoLibraryTracebacks())
+  sys.unraisablehook = sys.__unraisablehook__ if debug else _quiet_closed_loops
 
 
 def quiet() -> bool:

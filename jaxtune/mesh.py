@@ -37,19 +37,27 @@ RULES: dict[str, Any] = {
 }
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
-  devices = list(devices if devices is not None else jax.devices())
+def mesh_sizes(data: int, fsdp: int, tensor: int, n_devices: int) -> dict[str, int]:
+  """{axis: size} of a (data, fsdp, tensor) mesh on `n_devices`, with a -1 size resolved; a ConfigError when
+  it does not fit."""
   sizes = [data, fsdp, tensor]
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if len(devices) % known:
-      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} (data, fsdp, tensor): {len(devices)} devices are "
+    if n_devices % known:
+      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} (data, fsdp, tensor): {n_devices} devices are "
                         f"not divisible by {known}")
-    sizes[sizes.index(-1)] = len(devices) // known
+    sizes[sizes.index(-1)] = n_devices // known
   n = math.prod(sizes)
-  if n > len(devices):
-    raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {len(devices)}")
+  if n > n_devices:
+    raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {n_devices}")
+  return dict(zip(AXES, sizes))
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = list(mesh_sizes(data, fsdp, tensor, len(devices)).values())
+  n = math.prod(sizes)
   if n < len(devices):
     log.warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
   arr = np.asarray(devices[:n]).reshape(sizes)

@@ -37,8 +37,14 @@ def path(run_dir: str, *parts: str) -> str:
 
 
 def is_run_dir(p: str) -> bool:
-  """A jaxtune run dir (it has checkpoints/), local or remote."""
-  return io.exists(io.join(p, CHECKPOINTS))
+  """A jaxtune run dir (checkpoints/ or hf_source/, or a config.json jaxtune wrote), local or remote, even one
+  whose run has not saved a checkpoint yet."""
+  if io.exists(io.join(p, CHECKPOINTS)) or io.exists(io.join(p, HF_SOURCE)):
+    return True
+  try:
+    return "jaxtune_version" in io.read_json(io.join(p, CONFIG))
+  except (OSError, ValueError, TypeError):
+    return False
 
 
 def read_config(run_dir: str) -> dict[str, Any]:

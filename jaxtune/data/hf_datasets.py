@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Iterator
 
+from jaxtune.errors import DataError
+
 HUB_PREFIX = "hf:"
 DISK_MARKERS = ("dataset_info.json", "state.json")
 DICT_MARKER = "dataset_dict.json"
@@ -56,17 +58,17 @@ def load(path: str, kind: str, split: str = "", subset: str = ""):
   try:
     d = ds.load_from_disk(path)
   except Exception as e:  # noqa: BLE001 - re-raised with the path and the cause
-    raise ValueError(f"data source {path!r}: datasets.load_from_disk failed: {type(e).__name__}: {e}") from e
+    raise DataError(f"data source {path!r}: datasets.load_from_disk failed: {type(e).__name__}: {e}") from e
   if subset:
-    raise ValueError(f"data source {path!r}: 'subset' applies to hub datasets only")
+    raise DataError(f"data source {path!r}: 'subset' applies to hub datasets only")
   if isinstance(d, ds.DatasetDict):
     name = split or "train"
     if name not in d:
-      raise ValueError(f"data source {path!r} is a DatasetDict without split {name!r}; "
+      raise DataError(f"data source {path!r} is a DatasetDict without split {name!r}; "
                        f"its splits: {sorted(d)} (set the source's 'split')")
     return d[name]
   if split:
-    raise ValueError(f"data source {path!r} is a single Dataset; it has no split {split!r}")
+    raise DataError(f"data source {path!r} is a single Dataset; it has no split {split!r}")
   return d
 
 
@@ -77,15 +79,15 @@ def _load_hub(path: str, split: str, subset: str):
   try:
     d = ds.load_dataset(name, subset or None, split=split or "train", streaming=True)
   except Exception as e:  # noqa: BLE001 - offline, unknown id, gated, unknown split, ...
-    raise ValueError(
+    raise DataError(
         f"data source {path!r}: could not load the Hugging Face hub dataset {name!r} (a path that is no local "
         f"file or directory and looks like OWNER/NAME is taken for one) "
         f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets are streamed "
         "and need network access; offline, save the dataset with save_to_disk and give that directory, or export "
         "it to .jsonl/.parquet") from e
   if not isinstance(d, ds.IterableDataset):
-    raise ValueError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected an "
-                     "IterableDataset")
+    raise DataError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected an "
+                    "IterableDataset")
   return d
 
 

@@ -211,27 +211,40 @@ class CurvesHook(Hook):
 
 class CheckpointHook(Hook):
   """Saves every `every` steps (after the step was checked finite); at the end (or on a stop signal) saves
-  the final state unless it is saved already, and waits for async saves to finish."""
+  the final state unless it is saved already, and waits for async saves to finish. A save that fails (a
+  full disk, a lost bucket) stops the run as soon as it is known (the step after its background write
+  ended) with one TrainingError line naming the step and the reason; the previous checkpoint stays."""
 
   def __init__(self, manager, every: int, data_iter, meta: dict, writer: MetricsWriter, start: int):
     self.manager, self.every, self.data_iter, self.meta, self.writer = manager, every, data_iter, meta, writer
     self.saved_at = start
+    self.pending: int | None = None  # the step of the async save in flight
 
   def sync(self, info: StepInfo) -> bool:
     return self.due(info)
 
+  def _settle(self, *, block: bool) -> None:
+    """Raises the failure of the save in flight once it has ended (at once with `block`)."""
+    if self.pending is not None and (block or not self.manager.is_saving_in_progress()):
+      step, self.pending = self.pending, None
+      ckpt_lib.wait(self.manager, step)
+
+  def _save(self, info: StepInfo, *, force: bool = False) -> None:
+    self._settle(block=True)
+    self.writer.flush()  # a remote run dir: the logs of a saved step are uploaded before it is
+    ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta, force=force)
+    self.pending = self.saved_at = info.step
+
   def __call__(self, info: StepInfo) -> None:
+    self._settle(block=False)
     if self.due(info) and not info.stop:
-      self.writer.flush()  # a remote run dir: the logs of a saved step are uploaded before it is
-      ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta)
-      self.saved_at = info.step
+      self._save(info)
 
   def end(self, info: StepInfo | None) -> None:
     if info is not None and (info.step > self.saved_at or not ckpt_lib.good_steps(self.manager)):
-      self.manager.wait_until_finished()
-      self.writer.flush()
-      ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta, force=True)
-    self.manager.wait_until_finished()
+      self._save(info, force=True)
+    self._settle(block=True)
+    ckpt_lib.wait(self.manager, None)
 
 
 class StopSignal:
