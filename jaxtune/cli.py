@@ -1,17 +1,22 @@
 """The `jaxtune` command line: thin; parses, builds, calls.
 
 Bad input (any `jaxtune.errors.UserError`) ends the command with one `error: ...`
-line and exit status 1; anything else is a bug, printed with its traceback under a
-line that says so. `--help`, usage and config errors are answered before jax loads.
+line and exit status 1, as does a fault of the machine (a full disk, a read-only
+file system: an OSError with one of ENVIRONMENT_ERRNOS); anything else is a bug,
+printed with its traceback under a line that says so (exit status 3).
+JAXTUNE_LOG=DEBUG shows the traceback of every error. `--help`, usage and config
+errors are answered before jax loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -102,7 +107,9 @@ def load_config(argv: list[str], *, usage: str = "jaxtune train"):
     raise UsageError(f"{usage}: unexpected arguments {rest}; settings are --config.KEY=VALUE")
   if path is None:
     raise UsageError(f"{usage}: --config PATH is required (a config file, e.g. configs/tiny.py)")
-  return Config.from_dict(apply_overrides(load_config_file(path), overrides))
+  cd = load_config_file(path)
+  _check_declared(cd, path.partition(":")[0])
+  return Config.from_dict(apply_overrides(cd, overrides))
 
 
 def apply_overrides(cd, overrides: list[str]):
@@ -123,6 +130,19 @@ def apply_overrides(cd, overrides: list[str]):
       raise ConfigError(f"{o}: {_first_line(str(e))}") from None
     cd = fv.config
   return cd
+
+
+def _check_declared(cd, path: str) -> None:
+  """Every key a config file sets is a declared one; an invented key is named with the file that sets it."""
+  from jaxtune.config import declarations
+  declared = {k for k, *_ in declarations()}
+  sections = {k.split(".")[0] for k in declared}
+  for section, values in cd.items():
+    keys = [section] if section not in sections or not hasattr(values, "keys") else [
+        f"{section}.{k}" for k in values.keys()]
+    for k in keys:
+      if k not in declared:
+        raise ConfigError(f"{path}: get_config() sets {k!r}, which is not a config key{_suggest(k)}")
 
 
 def _first_line(msg: str) -> str:
@@ -183,7 +203,9 @@ def cmd_export(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="jaxtune export", description="Write a run's checkpoint as an HF model dir.")
   p.add_argument("--run", required=True, help="run directory (RUN_DIR)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--out", required=True, help="output HF model directory")
+  p.add_argument("--out", required=True, help="output HF model directory (new or empty, or see --overwrite)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --out that holds a model export (written aside, then swapped in)")
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                  help="tensor dtype to write (default: the params' dtype)")
   p.add_argument("--adapter-only", action="store_true",
@@ -191,9 +213,12 @@ def cmd_export(argv: list[str]) -> int:
   a = p.parse_args(argv)
   _maybe_init_distributed()
   from jaxtune.export import export_run
-  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only)
+  out = export_run(a.run, a.out, step=a.step, dtype=a.dtype, adapter_only=a.adapter_only, overwrite=a.overwrite)
   log.info("exported %s -> %s", a.run, os.path.abspath(out))
   return 0
+
+
+_GENERATE_CHUNK = 256  # prompts decoded per generate() call by `jaxtune generate --prompts`
 
 
 def cmd_generate(argv: list[str]) -> int:
@@ -215,8 +240,11 @@ def cmd_generate(argv: list[str]) -> int:
   p.add_argument("--json", action="store_true",
                  help="one JSON object per prompt: prompt, completion, completion_ids")
   a = p.parse_args(argv)
-  if a.temperature < 0 or not 0.0 < a.top_p <= 1.0 or a.top_k < 0 or a.max_new_tokens < 1:
-    raise UsageError("need --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+  if not (math.isfinite(a.temperature) and a.temperature >= 0 and 0.0 < a.top_p <= 1.0 and a.top_k >= 0
+          and a.max_new_tokens >= 1):
+    raise UsageError("need --max-new-tokens >= 1, a finite --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0; "
+                     f"got {a.max_new_tokens}, {a.temperature}, {a.top_p}, {a.top_k}")
+  from jaxtune import log as log_lib
   from jaxtune.data.prompts import read_prompts
   from jaxtune.generate import generate, load_model
 
@@ -227,8 +255,13 @@ def cmd_generate(argv: list[str]) -> int:
     prompts = [p.messages for p in read_prompts(a.prompts, strict=True)]
   if a.system:
     prompts = [[{"role": "system", "content": a.system}] + m for m in prompts]
-  outs = generate(model, tokenizer, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                  top_p=a.top_p, top_k=a.top_k, seed=a.seed, stop_ids=stop_ids)
+  outs = []
+  bar = log_lib.progress(total=len(prompts), desc="generating", unit="prompt")
+  for i in range(0, len(prompts), _GENERATE_CHUNK):  # a few batches at a time, for the progress bar
+    outs += generate(model, tokenizer, prompts[i:i + _GENERATE_CHUNK], max_new_tokens=a.max_new_tokens,
+                     temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed + i, stop_ids=stop_ids)
+    bar.update(len(outs) - bar.n)
+  bar.close()
   for conv, out in zip(prompts, outs):
     if a.json:
       print(json.dumps({"prompt": conv[-1]["content"], "completion": out["completion"],
@@ -238,7 +271,61 @@ def cmd_generate(argv: list[str]) -> int:
   return 0
 
 
-_SYNTH_KEYS = ("--config.mesh.", "--config.model.dtype=")  # the config keys synth reads
+_MODEL_KEYS = ("--config.mesh.", "--config.model.dtype=")  # the config keys eval and synth read
+
+
+def cmd_eval(argv: list[str]) -> int:
+  path, overrides, rest = _split_config_args(argv)
+  p = argparse.ArgumentParser(
+      prog="jaxtune eval", description="Score a model on lm-evaluation-harness tasks with jaxtune's own forward "
+      "pass and KV-cache decoding. Mesh: --config.mesh.data/fsdp/tensor=N (default: every device data-parallel); "
+      "compute dtype: --config.model.dtype=float32|bfloat16|auto (default: auto, float32 on CPU).")
+  p.add_argument("--model", required=True, help="HF model dir, hub id or jaxtune run dir (latest checkpoint)")
+  p.add_argument("--tasks", required=True, help="lm-eval task names (or groups, tags, globs), comma-separated")
+  p.add_argument("--limit", type=float, default=None, help="documents per task (< 1: a fraction of them)")
+  p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+  p.add_argument("--include-path", default="", help="a directory of task YAMLs (local tasks and their data)")
+  p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass / decoding batch")
+  p.add_argument("--apply-chat-template", action="store_true", help="render prompts with the chat template "
+                 "(few-shot examples as turns)")
+  p.add_argument("--chat-template", default="", help="for models without one: a built-in (llama3, chatml) or a "
+                 ".jinja file")
+  p.add_argument("--max-length", type=int, default=None, help="context length (default: the checkpoint's)")
+  p.add_argument("--seed", type=int, default=None, help="few-shot sampling and sampled generation seed (default: "
+                 "lm-eval's seeds)")
+  p.add_argument("--log-samples", action="store_true", help="results.json also holds every request and response")
+  p.add_argument("--out", default=None, help="write lm-eval's results as JSON here")
+  a = p.parse_args(rest)
+  if path is not None or any(not o.startswith(_MODEL_KEYS) for o in overrides):
+    raise UsageError("jaxtune eval reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
+                     + " ".join(([f"--config {path}"] if path else [])
+                                + [o for o in overrides if not o.startswith(_MODEL_KEYS)]))
+  if a.batch_size < 1 or (a.limit is not None and a.limit <= 0) or (a.num_fewshot is not None and a.num_fewshot < 0):
+    raise UsageError("need --batch-size >= 1, --limit > 0 and --num-fewshot >= 0")
+  from jaxtune import harness
+  harness.require_lm_eval()
+  from jaxtune.config import Config, default_config
+  cfg = Config.from_dict(apply_overrides(default_config(), overrides))
+  _maybe_init_distributed()
+  from jaxtune import mesh as mesh_lib
+  limit = int(a.limit) if a.limit is not None and a.limit >= 1 else a.limit
+  harness.evaluate_model(a.model, a.tasks, out=a.out, limit=limit, num_fewshot=a.num_fewshot,
+                         include_path=a.include_path, batch_size=a.batch_size,
+                         apply_chat_template=a.apply_chat_template, chat_template=a.chat_template,
+                         log_samples=a.log_samples, max_length=a.max_length, seed=a.seed,
+                         mesh=mesh_lib.mesh_from_cfg(cfg.mesh), dtype=cfg.model.dtype)
+  return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="jaxtune plot", description="Loss, eval loss, learning rate (and DPO reward "
+                              "accuracy) by step of one or more runs, overlaid, as a PNG.")
+  p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+  p.add_argument("--out", default=None, help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png "
+                 "for several)")
+  a = p.parse_args(argv)
+  from jaxtune.plot import plot_runs
+  print(plot_runs(a.runs, a.out))
 
 
 def cmd_synth(argv: list[str]) -> int:
@@ -269,10 +356,10 @@ def cmd_synth(argv: list[str]) -> int:
   p.add_argument("--strict", action="store_true", help="a malformed prompt record is an error (default: skipped)")
   p.add_argument("--overwrite", action="store_true", help="start again even if OUT holds a previous job")
   a = p.parse_args(rest)
-  if path is not None or any(not o.startswith(_SYNTH_KEYS) for o in overrides):
+  if path is not None or any(not o.startswith(_MODEL_KEYS) for o in overrides):
     raise UsageError("jaxtune synth reads only --config.mesh.data/fsdp/tensor and --config.model.dtype; got "
                      + " ".join(([f"--config {path}"] if path else [])
-                                + [o for o in overrides if not o.startswith(_SYNTH_KEYS)]))
+                                + [o for o in overrides if not o.startswith(_MODEL_KEYS)]))
   from jaxtune.config import Config, default_config
   from jaxtune.synth.verify import parse_verify
   parse_verify(a.verify)  # a bad spec fails before jax and the model load
@@ -357,14 +444,18 @@ def cmd_plan(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "synth": cmd_synth,
+            "eval": cmd_eval, "plot": cmd_plot,
             "data": cmd_data, "config": cmd_config, "plan": cmd_plan}
 USAGE = """usage: jaxtune [--quiet] COMMAND ...
   train    --config PATH [--config.KEY=VALUE ...]   (jaxtune train --help lists every key)
-  export   --run RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16|float32] [--adapter-only]
+  export   --run RUN_DIR [--step N] --out HF_DIR [--overwrite] [--dtype bfloat16|float32] [--adapter-only]
   generate --model HF_DIR_or_RUN_DIR (--prompt TEXT | --prompts FILE) [--max-new-tokens N] [--temperature T]
   synth    --model M --prompts SRC --out OUT.jsonl [--n K] [--temperature T] [--top-p P] [--max-new-tokens N]
            [--seed S] [--system S] [--verify exact|regex:PAT|python:mod:fn] [--keep all|first|one-per-prompt]
            [--config.mesh.data|fsdp|tensor=N]   (jaxtune synth --help lists every option)
+  eval     --model HF_DIR_or_RUN_DIR --tasks T[,T...] [--limit N] [--num-fewshot K] [--include-path DIR]
+           [--batch-size B] [--apply-chat-template] [--out results.json]   (lm-evaluation-harness)
+  plot     RUN_DIR [RUN_DIR ...] [--out FILE]   (loss / eval loss / lr curves as a PNG)
   data     {stats,inspect} --config PATH [--json] [--n N]
   config   --config PATH [--config.KEY=VALUE ...]   (the resolved config; --keys: every key)
   plan     --config PATH [--devices N] [--hbm-gb G] [--json] [--estimate|--compile] [--config.KEY=VALUE ...]
@@ -392,11 +483,24 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(f"error: {e}") from None
   except (SystemExit, KeyboardInterrupt):
     raise
+  except OSError as e:
+    if e.errno not in ENVIRONMENT_ERRNOS or os.environ.get("JAXTUNE_LOG", "").upper() == "DEBUG":
+      return _internal_error()
+    raise SystemExit(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror}") from None
   except Exception:  # noqa: BLE001 - anything else is a bug: say so, with the traceback
-    print("error: jaxtune hit an internal error (a bug: please report it with the traceback below)",
-          file=sys.stderr)
-    traceback.print_exc()
-    return 3
+    return _internal_error()
+
+
+# Faults of the machine, not of jaxtune: a full disk, a read-only or vanished file system, a missing permission.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                      errno.ESTALE, errno.ENOTCONN}
+
+
+def _internal_error() -> int:
+  """Prints the exception being handled as a bug, with its traceback; exit status 3."""
+  print("error: jaxtune hit an internal error (a bug: please report it with the traceback below)", file=sys.stderr)
+  traceback.print_exc()
+  return 3
 
 
 if __name__ == "__main__":

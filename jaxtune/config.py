@@ -149,7 +149,11 @@ class DataCfg(_Section):
                     "system role (Gemma 2, Mistral v0.3)", choices=SYSTEM_MODES, determinism=True)
   workers: int = key(0, "Grain worker processes for packing/batching (0: in the main process)", min=0,
                      determinism=True)
-  cache_dir: str = key("", "cache tokenized examples (and DPO reference log-probs) here across runs; '' = off")
+  tokenize_workers: int = key(0, "processes tokenizing records before training: 0 = auto (one per CPU core, at most 16, "
+                              "once there are more than a few thousand records), 1 = in the main process; never changes "
+                              "the examples", min=0)
+  cache_dir: str = key("", "cache tokenized examples (and DPO reference log-probs) here across runs, local or gs://; "
+                       "every process of a run reads it; '' = off")
 
   def __post_init__(self):
     super().__post_init__()
@@ -218,6 +222,12 @@ class EvalCfg(_Section):
   temperature: float = key(0.0, "eval-prompt sampling temperature; 0 = greedy", min=0.0)
   batch_size: int = key(64, "eval prompts decoded together", min=1)
   log_samples: int = key(8, "samples shown in TensorBoard per eval (samples.jsonl has them all)", min=0)
+  harness_tasks: str = key("", "lm-evaluation-harness tasks (comma-separated) scored at every eval point and the last "
+                           "step -> eval_<task>_<metric> in metrics.jsonl; '' = none")
+  harness_limit: int = key(0, "documents per harness task at eval points; 0 = all", min=0)
+  harness_num_fewshot: int = key(-1, "few-shot examples per harness task; -1 = the task's own", min=-1)
+  harness_include_path: str = key("", "a directory of extra lm-eval task YAMLs (local tasks and data)")
+  harness_chat_template: bool = key(False, "render harness prompts with the model's chat template")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +247,16 @@ class RunCfg(_Section):
   def __post_init__(self):
     super().__post_init__()
     _check(bool(self.dir.strip()), "run.dir", "must name a directory, got an empty string")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogCfg(_Section):
+  _NAME = "log"
+  wandb_project: str = key("", "Weights & Biases project: the metrics.jsonl scalars, the config and the eval samples "
+                           "are logged there too (WANDB_MODE=offline works); '' = off")
+  wandb_entity: str = key("", "W&B entity (user or team); '' = the default one")
+  wandb_run_name: str = key("", "W&B run name; '' = the run dir's name")
+  wandb_tags: str = key("", "W&B tags, comma-separated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,14 +308,16 @@ class Config:
   eval: EvalCfg = dataclasses.field(default_factory=EvalCfg)
   checkpoint: CheckpointCfg = dataclasses.field(default_factory=CheckpointCfg)
   run: RunCfg = dataclasses.field(default_factory=RunCfg)
+  log: LogCfg = dataclasses.field(default_factory=LogCfg)
   dpo: DpoCfg = dataclasses.field(default_factory=DpoCfg)
   distill: DistillCfg = dataclasses.field(default_factory=DistillCfg)
   demo: DemoCfg = dataclasses.field(default_factory=DemoCfg)
 
   def __post_init__(self):
-    _check(self.train.eval_every == 0 or self.has_eval_data or bool(self.eval.prompts), "train.eval_every",
-           "is set but there is nothing to evaluate: data.eval has no sources, data.eval_fraction is 0 and "
-           "eval.prompts is empty")
+    evals = self.has_eval_data or bool(self.eval.prompts) or bool(self.eval.harness_tasks)
+    _check(self.train.eval_every == 0 or evals, "train.eval_every",
+           "is set but there is nothing to evaluate: data.eval has no sources, data.eval_fraction is 0, and "
+           "eval.prompts and eval.harness_tasks are empty")
     _check(self.train.objective != "distill" or bool(self.distill.teacher), "distill.teacher",
            "train.objective is distill but no teacher is set")
     _check(self.model.quantize == "none" or self.lora.rank > 0, "model.quantize",

@@ -290,13 +290,13 @@ def load_model(path: str, chat_template: str = "", *, mesh=None, dtype: str | No
   from jaxtune.config import compute_dtype
   from jaxtune.data.chat import load_tokenizer
   from jaxtune.models.resize import grow_for_tokenizer
-  if rundir.is_run_dir(path):
+  if path.strip() and rundir.is_run_dir(path):
     from jaxtune.export import restore_model
     model, _, _ = restore_model(path, mesh=mesh, dtype=dtype)
     model_dir = rundir.hf_source_dir(path)
   else:
     from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
-    model_dir = str(resolve_model_dir(path))
+    model_dir = str(resolve_model_dir(path, what="--model"))
     model = load_pretrained(model_dir, dtype=compute_dtype(dtype) if dtype else None, mesh=mesh)
   tokenizer = load_tokenizer(model_dir, chat_template)
   grow_for_tokenizer(model, tokenizer)

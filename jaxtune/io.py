@@ -170,6 +170,43 @@ def copy_tree(src: PathLike, dst: PathLike) -> None:
       child.copy(dst / child.name, overwrite=True)
 
 
+@contextlib.contextmanager
+def staged_dir(path: PathLike, *, enabled: bool = True) -> Iterator[str]:
+  """A local directory written whole or not at all: the block fills a temporary sibling
+  (`.NAME.XXXX.partial`), which then replaces `path` by renames (an old `path` is moved aside
+  first and removed last). When the block raises, the sibling is removed and `path` is untouched.
+  With `enabled=False` (processes that join a collective write without writing) it yields `path`
+  and does nothing."""
+  path = os.path.abspath(os.fspath(path))
+  if not enabled:
+    yield path
+    return
+  parent, name = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like a plain mkdir
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = None
+  if os.path.lexists(path):
+    old = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
+    os.rename(path, os.path.join(old, name))
+  os.rename(tmp, path)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_within(path: PathLike, other: PathLike) -> bool:
+  """Whether local `path` is `other` or lies inside it (symlinks resolved)."""
+  a, b = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(other))
+  return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
 def temp_dir(prefix: str = "jaxtune-") -> str:
   """A local temp dir removed at exit."""
   d = tempfile.mkdtemp(prefix=prefix)

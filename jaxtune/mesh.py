@@ -38,30 +38,32 @@ RULES: dict[str, Any] = {
 }
 
 
+def mesh_sizes(data: int, fsdp: int, tensor: int, n_devices: int, *, context: int = 1) -> dict[str, int]:
+  """{axis: size} of a (data, fsdp, context, tensor) mesh on `n_devices`, with a -1 size resolved; a
+  ConfigError when it does not fit."""
+  sizes = [data, fsdp, context, tensor]
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % known:
+      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} ({', '.join(AXES)}): {n_devices} devices are "
+                        f"not divisible by {known}")
+    sizes[sizes.index(-1)] = n_devices // known
+  n = math.prod(sizes)
+  if n > n_devices:
+    raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {n_devices}")
+  return dict(zip(AXES, sizes))
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None, *,
               context: int = 1) -> Mesh:
   """A (data, fsdp, context, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = resolve_sizes([data, fsdp, context, tensor], len(devices))
+  sizes = list(mesh_sizes(data, fsdp, tensor, len(devices), context=context).values())
   n = math.prod(sizes)
-  if n > len(devices):
-    raise ConfigError(f"config key 'mesh': {dict(zip(AXES, sizes))} needs {n} devices, this run has {len(devices)}")
   if n < len(devices):
     log.warning("mesh %s uses %d of %d devices", dict(zip(AXES, sizes)), n, len(devices))
   arr = np.asarray(devices[:n]).reshape(sizes)
   return Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
-
-
-def resolve_sizes(sizes: Sequence[int], n: int) -> list[int]:
-  """Mesh axis sizes in AXES order with a -1 replaced by what `n` devices leave for it."""
-  sizes = list(sizes)
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if n % known:
-      raise ConfigError(f"config key 'mesh': sizes {tuple(sizes)} ({', '.join(AXES)}): {n} devices are "
-                        f"not divisible by {known}")
-    sizes[sizes.index(-1)] = n // known
-  return sizes
 
 
 def mesh_from_cfg(cfg) -> Mesh:

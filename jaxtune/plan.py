@@ -241,11 +241,12 @@ def _objective(cfg: Config) -> objectives.Objective:
 
 def sizes_for(cfg: Config, n: int) -> dict[str, int]:
   """The config's mesh axis sizes on `n` devices (-1 takes what is left); the axes must use all `n`."""
-  sizes = mesh_lib.resolve_sizes([getattr(cfg.mesh, a) for a in mesh_lib.AXES], n)
-  if math.prod(sizes) != n:
-    raise ConfigError(f"config key 'mesh': {dict(zip(mesh_lib.AXES, sizes))} uses {math.prod(sizes)} devices, the "
-                      f"plan is for {n} (--devices); set one axis to -1 or match the sizes")
-  return dict(zip(mesh_lib.AXES, sizes))
+  m = cfg.mesh
+  sizes = mesh_lib.mesh_sizes(m.data, m.fsdp, m.tensor, n, context=m.context)
+  if math.prod(sizes.values()) != n:
+    raise ConfigError(f"config key 'mesh': {sizes} uses {math.prod(sizes.values())} devices, the plan is for {n} "
+                      "(--devices); set one axis to -1 or match the sizes")
+  return sizes
 
 
 def state_memory(cfg: Config, objective, state: TrainState) -> tuple[float, float, float]:
@@ -342,7 +343,7 @@ def memory(cfg: Config, n: int, *, compile: bool | None = None) -> tuple[Memory,
 def check_batch(cfg: Config, axes: dict[str, int]) -> None:
   """The batch and sequence split over the mesh (the run's own check, `jaxtune.train.setup.check_batch`)."""
   from jaxtune.train.setup import check_batch as run_check
-  run_check(cfg, AbstractMesh(tuple(axes.values()), mesh_lib.AXES))
+  run_check(cfg, axes)
 
 
 # -- suggestions -------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
   RUN_DIR/metrics.jsonl      one row per logged step
   RUN_DIR/samples.jsonl      eval-prompt samples
   RUN_DIR/tensorboard/       the same scalars as TensorBoard events
+  RUN_DIR/curves.png         train / eval loss, learning rate (and DPO reward accuracy) by step
+  RUN_DIR/wandb_run_id       the Weights & Biases run this run logs to (log.wandb_project), kept for resumes
   RUN_DIR/checkpoints/       Orbax checkpoints (jaxtune.train.checkpoint)
 
 Every path goes through `jaxtune.io`, so `run.dir` may be local or `gs://...`.
@@ -26,6 +28,8 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
+CURVES = "curves.png"
+WANDB_ID = "wandb_run_id"
 
 
 def path(run_dir: str, *parts: str) -> str:
@@ -33,8 +37,14 @@ def path(run_dir: str, *parts: str) -> str:
 
 
 def is_run_dir(p: str) -> bool:
-  """A jaxtune run dir (it has checkpoints/), local or remote."""
-  return io.exists(io.join(p, CHECKPOINTS))
+  """A jaxtune run dir (checkpoints/ or hf_source/, or a config.json jaxtune wrote), local or remote, even one
+  whose run has not saved a checkpoint yet."""
+  if io.exists(io.join(p, CHECKPOINTS)) or io.exists(io.join(p, HF_SOURCE)):
+    return True
+  try:
+    return "jaxtune_version" in io.read_json(io.join(p, CONFIG))
+  except (OSError, ValueError, TypeError):
+    return False
 
 
 def read_config(run_dir: str) -> dict[str, Any]:

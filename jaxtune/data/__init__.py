@@ -10,8 +10,10 @@
   turns.py         where a turn with tool calls or reasoning lies in a rendered chat
   chat.py          messages -> (ids, loss_mask) by the tokenizer's chat template
   packing.py       pure packer: examples -> rows with segment ids and positions
+  tokenize.py      chunks of records -> tokenized outcomes, in order, here or in worker processes
   examples.py      sources -> one tokenized in-memory store + exact DataStats; held-out split
-  cache.py         optional on-disk cache of that store (data.cache_dir)
+  shares.py        tokenization split across the processes of a run, shares merged in record order
+  cache.py         optional on-disk cache of that store (data.cache_dir, local or gs://)
   pipeline.py      Grain wiring: shuffle, mix, pack, batch; checkpointable iterator
   report.py        `jaxtune data stats` / `jaxtune data inspect`
 """

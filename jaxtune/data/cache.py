@@ -1,10 +1,14 @@
 """Optional on-disk cache of tokenized examples (`data.cache_dir`).
 
-Tokenizing a large dataset takes minutes per process; a restarted run with the
-same files, tokenizer and data settings loads the arrays back instead. The key
-hashes everything the store depends on: each file's path, size and mtime (a
-Hugging Face dataset's own fingerprint), the source formats and splits, the tokenizer (vocabulary, merges, template, special tokens),
-seq_len, mask, overlong, strict and the shard.
+Tokenizing a large dataset takes minutes; a restarted run with the same files,
+tokenizer and data settings loads the arrays back instead, and so does every
+process of a multi-host run (`shares.py`: the directory may be local or gs://,
+through jaxtune.io). The key hashes everything the store depends on: each file's
+path, size and mtime (a Hugging Face dataset's own fingerprint, a hub dataset's
+revision), the source formats and splits, the tokenizer (vocabulary, merges,
+chat template, special tokens) and the data settings (seq_len, mask, overlong,
+strict, reasoning, system, the shard; packing for preference pairs). Not the
+number of processes or tokenize workers: they never change the store.
 """
 
 from __future__ import annotations
@@ -54,15 +58,16 @@ def cache_key(sources, tokenizer, **settings) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _path(cache_dir: str, key: str) -> str:
+def path(cache_dir: str, key: str) -> str:
+  """The cache file of `key`."""
   return io.join(cache_dir, f"examples-{key}.npz")
 
 
 def load(cache_dir: str, key: str) -> tuple[ExampleStore, DataStats] | None:
-  path = _path(cache_dir, key)
-  if not io.exists(path):
+  file = path(cache_dir, key)
+  if not io.exists(file):
     return None
-  with np.load(_stdio.BytesIO(io.read_bytes(path))) as z:
+  with np.load(_stdio.BytesIO(io.read_bytes(file))) as z:
     store = ExampleStore(z["tokens"], z["mask"], z["offsets"], tuple(int(b) for b in z["source_bounds"]),
                          group=int(z["group"]))
     stats = DataStats(**json.loads(str(z["stats"])))
@@ -78,6 +83,6 @@ def save(cache_dir: str, key: str, store: ExampleStore, stats: DataStats) -> str
   np.savez(buf, tokens=store.tokens, mask=store.mask, offsets=store.offsets,
            source_bounds=np.asarray(store.source_bounds, np.int64), group=np.asarray(store.group),
            stats=np.asarray(json.dumps(dataclasses.asdict(stats))))
-  path = _path(cache_dir, key)
-  io.write_bytes(path, buf.getvalue())
-  return path
+  file = path(cache_dir, key)
+  io.write_bytes(file, buf.getvalue())
+  return file

@@ -25,6 +25,7 @@ returned silently. Templates with `{% generation %}` go through transformers.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Any, NamedTuple, Sequence
 
@@ -259,7 +260,9 @@ def encode_texts(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarr
     pairs = zip(enc["input_ids"], enc["offset_mapping"])
   else:
     pairs = ((e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False))
-  return [(np.asarray(i, np.int32), np.asarray(o, np.int64).reshape(-1, 2)) for i, o in pairs]
+  # fromiter over the flattened offsets: half the time of np.asarray on a list of tuples
+  return [(np.fromiter(i, np.int32, len(i)), np.fromiter(itertools.chain.from_iterable(o), np.int64,
+                                                          2 * len(o)).reshape(-1, 2)) for i, o in pairs]
 
 
 def _guard(fn):

@@ -1,10 +1,14 @@
 """Sources -> one compact in-memory store of tokenized examples, with exact stats.
 
-Everything is read and tokenized up front (records of this process's shard
-only): the store is three flat numpy arrays, the stats are exact, and Grain
-then only shuffles, mixes, packs and batches integers and slices. Pre-tokenized
-records (`input_ids`, `loss_mask`) skip the chat template but are checked and
-fitted to seq_len like the others.
+Everything is read and tokenized up front: the store is three flat numpy arrays,
+the stats are exact, and Grain then only shuffles, mixes, packs and batches
+integers and slices. Records are read here and tokenized in chunks by
+`tokenize.Pool` (this process or worker processes, outcomes applied in record
+order, so the store is the same for any number of workers). `load_share` reads a
+share of the records (k % n == i): `shares.py` splits tokenization across the
+processes of a run that way and merges the shares. Pre-tokenized records
+(`input_ids`, `loss_mask`) skip the chat template but are checked and fitted to
+seq_len like the others.
 
 `split_holdout` carves a seeded held-out eval set out of a store
 (`data.eval_fraction`); both parts are views sharing the store's arrays.
@@ -15,19 +19,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from typing import Sequence
 
 import numpy as np
 
-from jaxtune.data import chat, packing, records
-from jaxtune.data import packing as packing_lib
+from jaxtune import log as log_lib
+from jaxtune.data import records, tokenize
 from jaxtune.errors import DataError  # noqa: F401 - raised here, defined with the other user errors
 
 log = logging.getLogger(__name__)
-_BATCH = 256  # conversations per tokenizer call
+_BATCH = 256  # conversations per tokenizer call (a chunk of tokenize.Pool)
 MAX_SAMPLES_PER_REASON = 10
-
-
 
 
 @dataclasses.dataclass
@@ -212,10 +215,31 @@ class _Builder:
                         group=self.group)
 
 
-def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_count: int,
-                   file_counts: dict, convert=records.convert):
-  """Yields (where, file, convert(record, format)) of a source's records in this shard: messages or
-  (ids, loss_mask) for SFT, a preference.Pair for preference data."""
+class RecordError(DataError):
+  """A record that fails the run (data.strict); `record` = (source, record number) orders the first
+  failures of several processes like one process meets them."""
+
+  def __init__(self, message: str, record: tuple[int, int]):
+    super().__init__(message)
+    self.record = record
+
+
+@dataclasses.dataclass
+class Share:
+  """The examples of a share of the records (`load_share`; every record with `shard_count == 1`), with
+  what combining the shares of several processes needs (`shares.merge`)."""
+  store: ExampleStore
+  stats: DataStats
+  records: np.ndarray  # int64 [examples]: each example's record number in its source (0-based, all shards)
+  sample_records: list  # [source, record number] of each entry of stats.samples
+  file_counts: dict  # {file: [records read, examples kept]}
+
+
+def _conversations(s: int, src, stats: DataStats, shard_index: int, shard_count: int, file_counts: dict,
+                   convert=records.convert):
+  """Yields (source, record number, where, file, convert(record, format)) of a source's records in this shard:
+  messages or (ids, loss_mask) for SFT, a preference.Pair for preference data; a record that does not convert
+  yields the tokenize.Dropped that says why."""
   k = -1
   split, subset = src.split, src.subset
   for file in records.expand(src.path):
@@ -229,116 +253,153 @@ def _conversations(src, stats: DataStats, strict: bool, shard_index: int, shard_
         continue
       stats.records += 1
       file_counts[file][0] += 1
-      where = records.where(f, n)
       try:
-        yield where, file, convert(rec, fmt or "auto")
+        payload = convert(rec, fmt or "auto")
       except records.MalformedRecord as e:
-        if strict:
-          raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
-        stats.note(where, e.reason, e.detail, malformed=True)
+        payload = tokenize.dropped(e)
+      yield s, k, records.where(f, n), file, payload
+
+
+class _Loader:
+  """Applies the outcomes of tokenized chunks, in record order, to the store being built and its stats."""
+
+  def __init__(self, group: int, strict: bool):
+    self.stats, self.builder, self.strict = DataStats(), _Builder(group), strict
+    self.records: list[int] = []
+    self.sample_records: list[list[int]] = []
+    self.file_counts: dict = {}
+
+  def apply(self, items: list, outcomes: list) -> None:
+    stats = self.stats
+    for (s, k, where, file, _), out in zip(items, outcomes):
+      if isinstance(out, tokenize.Dropped):
+        self._drop(s, k, where, out)
+        continue
+      self.builder.add(*out.sequences)
+      self.records.append(k)
+      self.file_counts[file][1] += 1
+      stats.truncated += out.truncated
+      stats.tokens += sum(len(ids) for ids, _ in out.sequences)
+      stats.loss_tokens += int(sum(m.sum(dtype=np.int64) for _, m in out.sequences))
+      _note_rendering(stats, where, out)
+
+  def _drop(self, s: int, k: int, where: str, out: tokenize.Dropped) -> None:
+    """Counts a record that yields no example (or fails the run in strict mode)."""
+    if self.strict and (out.malformed or out.reason not in ("overlong", "truncated_no_loss_tokens")):
+      what = "malformed record" if out.malformed else "example dropped"
+      raise RecordError(f"{where}: {what} ({out}); data.strict is set", (s, k))
+    n = len(self.stats.samples)
+    self.stats.note(where, out.reason, out.detail, malformed=out.malformed)
+    if len(self.stats.samples) > n:
+      self.sample_records.append([s, k])
+
+  def share(self) -> Share:
+    self.stats.examples = self.builder.n
+    return Share(self.builder.build(), self.stats, np.asarray(self.records, np.int64), self.sample_records,
+                 self.file_counts)
+
+
+def load_share(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assistant", overlong: str = "drop",
+               strict: bool = False, shard_index: int = 0, shard_count: int = 1, max_examples: int | None = None,
+               preference: bool = False, packing: bool = True, reasoning: str = "train", system: str = "keep",
+               workers: int = 1) -> Share:
+  """Reads, validates and tokenizes the records k of `sources` with k % shard_count == shard_index (k counts
+  each source's records from 0), `workers` processes tokenizing (`tokenize.Pool`: 1 = this one, 0 = auto);
+  the examples and stats are the same for any `workers`. No check that anything is left: `finish`."""
+  if not sources:
+    raise DataError("no data sources given")
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+  from jaxtune.data import preference as pref
+  loader = _Loader(pref.GROUP if preference else 1, strict)
+  convert = (lambda rec, fmt: pref.to_pair(rec)) if preference else records.convert  # noqa: E731
+  job = tokenize.Job(tokenizer, seq_len=seq_len, mask=mask, overlong=overlong, reasoning=reasoning, system=system,
+                     preference=preference, packing=packing)
+  if max_examples is not None:
+    workers = 1  # stops after the first examples: tokenized as they are read
+  stats, builder = loader.stats, loader.builder
+  share = f" (share {shard_index + 1}/{shard_count})" if shard_count > 1 else ""
+  t0 = time.perf_counter()
+  with tokenize.Pool(job, workers) as pool, log_lib.progress(desc=f"tokenizing{share}", unit="records") as bar:
+
+    def apply(chunks) -> None:
+      for items, outcomes in chunks:
+        loader.apply(items, outcomes)
+        bar.update(len(items))
+        bar.set_postfix(examples=f"{builder.n:,}",
+                        tokens_per_s=f"{stats.tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+
+    for s, src in enumerate(sources):
+      before = (stats.records, stats.tokens)
+      pending: list = []
+      for item in _conversations(s, src, stats, shard_index, shard_count, loader.file_counts, convert):
+        pending.append(item)
+        if len(pending) == _BATCH:
+          apply(_submit(pool, pending))
+          pending = []
+        if max_examples is not None and builder.n + _valid(pending) >= max_examples:
+          break
+      apply(_submit(pool, pending))
+      apply(pool.drain())
+      n_before = builder.bounds[-1]
+      builder.end_source()
+      stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
+                            "records": stats.records - before[0], "examples": builder.n - n_before,
+                            "tokens": stats.tokens - before[1]})
+      if max_examples is not None and builder.n >= max_examples:
+        break
+  dt = time.perf_counter() - t0
+  log.debug("data: tokenized %d records%s in %.1f s (%s records/s, %s tokens/s, %s)", stats.records, share, dt,
+           f"{stats.records / max(dt, 1e-9):,.0f}", f"{stats.tokens / max(dt, 1e-9):,.0f}",
+           f"{pool.processes} worker processes" if pool.processes else "in this process")
+  return loader.share()
+
+
+def _valid(pending: list) -> int:
+  return sum(not isinstance(item[-1], tokenize.Dropped) for item in pending)
+
+
+def _submit(pool: tokenize.Pool, items: list) -> list:
+  return pool.submit([item[-1] for item in items], tag=items) if items else []
+
+
+def finish(share: Share, *, check_files: bool = True, label: str = "") -> tuple[ExampleStore, DataStats]:
+  """The store and stats of a share, or a DataError when a file (`check_files`) or the whole share has no
+  valid example, with the drop reasons."""
+  stats = share.stats
+  if check_files:
+    for file, (n_records, n_valid) in share.file_counts.items():
+      if n_valid == 0:
+        raise DataError(f"{file}: no valid example in {n_records} records ({stats.reasons()})")
+  if share.stats.examples == 0:
+    raise DataError(f"no valid example in {stats.records} records{label}: {stats.reasons()}")
+  log.debug("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
+           stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
+  return share.store, stats
 
 
 def load_examples(sources: Sequence, tokenizer, *, seq_len: int, mask: str = "assistant",
                   overlong: str = "drop", strict: bool = False, shard_index: int = 0,
                   shard_count: int = 1, max_examples: int | None = None, preference: bool = False,
                   packing: bool = True, reasoning: str = "train",
-                  system: str = "keep") -> tuple[ExampleStore, DataStats]:
+                  system: str = "keep", workers: int = 1) -> tuple[ExampleStore, DataStats]:
   """Reads, validates and tokenizes `sources` (SourceCfg-like) into a store.
 
   With `preference`, records are preference pairs (jaxtune.data.preference) and each example is two
   sequences, chosen and rejected, fitted to seq_len together (`packing`: one row) or each on its own.
   `reasoning` / `system`: `data.reasoning` (train | drop) and `data.system` (keep | merge_into_first_user),
-  see `messages.for_template`.
+  see `messages.for_template`. `workers`: processes tokenizing (data.tokenize_workers; 1 = this one, 0 = auto).
   Raises DataError on the first bad record when `strict`; when a file (with
   one shard) or the whole split has no valid example, with the drop reasons.
   """
-  if not sources:
-    raise DataError("no data sources given")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
-  from jaxtune.data import preference as pref
-  stats, builder, file_counts = DataStats(), _Builder(pref.GROUP if preference else 1), {}
-  vocab = len(tokenizer)
-  if preference:
-    convert = lambda rec, fmt: pref.to_pair(rec)  # noqa: E731
-    tokenize = lambda items: _tokenize_pairs(items, tokenizer, builder, stats, file_counts, seq_len, packing,  # noqa: E731
-                                             overlong, strict)
-  else:
-    convert = records.convert
-    tokenize = lambda items: _tokenize(items, tokenizer, builder, stats, file_counts, seq_len, mask,  # noqa: E731
-                                       overlong, strict, vocab, reasoning=reasoning, system=system)
-  for src in sources:
-    before = (stats.records, builder.n, stats.tokens)
-    pending: list = []
-    for item in _conversations(src, stats, strict, shard_index, shard_count, file_counts, convert):
-      pending.append(item)
-      if len(pending) == _BATCH:
-        tokenize(pending)
-        pending = []
-      if max_examples is not None and builder.n + len(pending) >= max_examples:
-        break
-    tokenize(pending)
-    builder.end_source()
-    stats.sources.append({"path": src.path, "format": src.format, "weight": src.weight,
-                          "records": stats.records - before[0], "examples": builder.n - before[1],
-                          "tokens": stats.tokens - before[2]})
-    if max_examples is not None and builder.n >= max_examples:
-      break
-  if shard_count == 1 and max_examples is None:
-    for file, (n_records, n_valid) in file_counts.items():
-      if n_valid == 0:
-        raise DataError(f"{file}: no valid example in {n_records} records ({stats.reasons()})")
-  if builder.n == 0:
-    raise DataError(f"no valid example in {stats.records} records (shard {shard_index}/{shard_count}): "
-                    f"{stats.reasons()}")
-  stats.examples = builder.n
-  log.info("data: %d records -> %d examples, %d tokens (%d trained), dropped: %s",
-           stats.records, stats.examples, stats.tokens, stats.loss_tokens, stats.dropped_by_reason)
-  return builder.build(), stats
+  share = load_share(sources, tokenizer, seq_len=seq_len, mask=mask, overlong=overlong, strict=strict,
+                     shard_index=shard_index, shard_count=shard_count, max_examples=max_examples,
+                     preference=preference, packing=packing, reasoning=reasoning, system=system, workers=workers)
+  return finish(share, check_files=shard_count == 1 and max_examples is None,
+                label=f" (shard {shard_index}/{shard_count})")
 
 
-def _pretokenized(ids: np.ndarray, loss_mask: np.ndarray, vocab: int, mask: str):
-  """A pre-tokenized example checked against the tokenizer; mask "none" trains every token."""
-  if ids.size == 0:
-    raise chat.DropExample("empty", "no input_ids")
-  bad = (ids < 0) | (ids >= vocab)
-  if bad.any():
-    raise records.MalformedRecord("token_out_of_range",
-                                  f"token id {int(ids[bad][0])} is outside the tokenizer's {vocab} ids")
-  return ids, (np.ones_like(loss_mask) if mask == "none" else loss_mask)
-
-
-def _tokenize(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict,
-              seq_len: int, mask: str, overlong: str, strict: bool, vocab: int, *, reasoning: str,
-              system: str) -> None:
-  if not items:
-    return
-  chats = [i for i, (_, _, x) in enumerate(items) if not isinstance(x, tuple)]
-  results: list = [None] * len(items)
-  encoded = chat.encode_batch([items[i][2] for i in chats], tokenizer, mask, reasoning=reasoning,
-                              system=system) if chats else []
-  for i, res in zip(chats, encoded):
-    results[i] = res
-  for (where, file, payload), res in zip(items, results):
-    try:
-      if isinstance(payload, tuple):
-        res = chat.Encoded(*_pretokenized(*payload, vocab=vocab, mask=mask))
-      if isinstance(res, chat.DropExample):
-        raise res
-      ids, loss_mask, truncated = packing.prepare_example(res.ids, res.loss_mask, seq_len=seq_len,
-                                                          overlong=overlong)
-    except (records.MalformedRecord, chat.DropExample) as e:
-      _note_drop(stats, where, e, strict)
-      continue
-    builder.add((ids, loss_mask))
-    file_counts[file][1] += 1
-    stats.truncated += truncated
-    stats.tokens += len(ids)
-    stats.loss_tokens += int(loss_mask.sum())
-    _note_rendering(stats, where, res)
-
-
-def _note_rendering(stats: DataStats, where: str, res: chat.Encoded) -> None:
+def _note_rendering(stats: DataStats, where: str, res) -> None:
   """Counts reasoning, tool calls and the messages the template lost; warns at the first lost one."""
   stats.examples_with_reasoning += res.reasoning
   stats.examples_with_tool_calls += res.tool_calls
@@ -349,40 +410,3 @@ def _note_rendering(stats: DataStats, where: str, res: chat.Encoded) -> None:
                 if "system" in res.not_rendered else "")
   for role in res.not_rendered:
     stats.messages_not_rendered[role] = stats.messages_not_rendered.get(role, 0) + 1
-
-
-def _note_drop(stats: DataStats, where: str, e: Exception, strict: bool) -> None:
-  """Counts a record that yields no example (or fails the run in strict mode)."""
-  if isinstance(e, records.MalformedRecord):
-    if strict:
-      raise DataError(f"{where}: malformed record ({e}); data.strict is set") from e
-    stats.note(where, e.reason, e.detail, malformed=True)
-    return
-  if strict and e.reason not in ("overlong", "truncated_no_loss_tokens"):
-    raise DataError(f"{where}: example dropped ({e}); data.strict is set") from e
-  stats.note(where, e.reason, e.detail)
-
-
-def _tokenize_pairs(items, tokenizer, builder: _Builder, stats: DataStats, file_counts: dict, seq_len: int,
-                    packing: bool, overlong: str, strict: bool) -> None:
-  from jaxtune.data import preference as pref
-  if not items:
-    return
-  for (where, file, _), res in zip(items, pref.encode_pairs([p for _, _, p in items], tokenizer)):
-    try:
-      if isinstance(res, chat.DropExample):
-        raise res
-      c_ids, c_mask, r_ids, r_mask, truncated = pref.fit_pair(*res, seq_len=seq_len, packed=packing,
-                                                               overlong=overlong)
-      sides = []
-      for ids, mask in ((c_ids, c_mask), (r_ids, r_mask)):
-        ids, mask, _ = packing_lib.prepare_example(ids, mask, seq_len=seq_len, overlong="drop")
-        sides.append((ids, mask))
-    except (records.MalformedRecord, chat.DropExample) as e:
-      _note_drop(stats, where, e, strict)
-      continue
-    builder.add(*sides)
-    file_counts[file][1] += 1
-    stats.truncated += truncated
-    stats.tokens += sum(len(ids) for ids, _ in sides)
-    stats.loss_tokens += int(sum(m.sum() for _, m in sides))

@@ -7,9 +7,12 @@ Both need the optional `datasets` package (`pip install datasets`, or the
   `dataset_dict.json` (a DatasetDict; `split` picks one, default "train") is read
   with `datasets.load_from_disk` (local or remote, gs://... through fsspec);
 
-  `hf:OWNER/NAME` (or a bare `OWNER/NAME` that is not a local path) is read with
-  `datasets.load_dataset(OWNER/NAME, subset or None, split=split or "train")`,
-  which needs network access the first time (then datasets' own cache).
+  `hf:OWNER/NAME` (or a bare `OWNER/NAME` that is not a local path) is streamed with
+  `datasets.load_dataset(OWNER/NAME, subset or None, split=split or "train", streaming=True)`:
+  rows arrive as they are read, nothing is downloaded whole or kept on disk; it needs
+  network access. Its cache fingerprint (`data.cache_dir`) is the dataset repo's
+  current revision (`huggingface_hub`), so a second run reads the cache and streams
+  nothing, until the dataset changes.
 
 Rows are read as Arrow batches and converted to Python dicts, like Parquet rows.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import functools
 from typing import Any, Iterator
+
+from jaxtune.errors import DataError
 
 HUB_PREFIX = "hf:"
 DISK_MARKERS = ("dataset_info.json", "state.json")
@@ -44,26 +49,26 @@ def hub_id(path: str) -> str:
 
 
 def load(path: str, kind: str, split: str = "", subset: str = ""):
-  """The `datasets.Dataset` of a source: a save_to_disk directory (memory-mapped, read
-  afresh each time) or a hub dataset (memoised in this process: the cache key and
-  the reader share one load)."""
+  """The dataset of a source: a save_to_disk directory's `datasets.Dataset` (memory-mapped,
+  read afresh each time) or a hub dataset's `datasets.IterableDataset` (streamed; memoised
+  in this process)."""
   ds = _datasets()
   if kind != "hf_disk":
     return _load_hub(path, split, subset)
   try:
     d = ds.load_from_disk(path)
   except Exception as e:  # noqa: BLE001 - re-raised with the path and the cause
-    raise ValueError(f"data source {path!r}: datasets.load_from_disk failed: {type(e).__name__}: {e}") from e
+    raise DataError(f"data source {path!r}: datasets.load_from_disk failed: {type(e).__name__}: {e}") from e
   if subset:
-    raise ValueError(f"data source {path!r}: 'subset' applies to hub datasets only")
+    raise DataError(f"data source {path!r}: 'subset' applies to hub datasets only")
   if isinstance(d, ds.DatasetDict):
     name = split or "train"
     if name not in d:
-      raise ValueError(f"data source {path!r} is a DatasetDict without split {name!r}; "
+      raise DataError(f"data source {path!r} is a DatasetDict without split {name!r}; "
                        f"its splits: {sorted(d)} (set the source's 'split')")
     return d[name]
   if split:
-    raise ValueError(f"data source {path!r} is a single Dataset; it has no split {split!r}")
+    raise DataError(f"data source {path!r} is a single Dataset; it has no split {split!r}")
   return d
 
 
@@ -72,16 +77,17 @@ def _load_hub(path: str, split: str, subset: str):
   ds = _datasets()
   name = hub_id(path)
   try:
-    d = ds.load_dataset(name, subset or None, split=split or "train")
+    d = ds.load_dataset(name, subset or None, split=split or "train", streaming=True)
   except Exception as e:  # noqa: BLE001 - offline, unknown id, gated, unknown split, ...
-    raise ValueError(
+    raise DataError(
         f"data source {path!r}: could not load the Hugging Face hub dataset {name!r} (a path that is no local "
         f"file or directory and looks like OWNER/NAME is taken for one) "
-        f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets need "
-        "network access (or datasets' local cache); offline, save the dataset with save_to_disk and give "
-        "that directory, or export it to .jsonl/.parquet") from e
-  if not isinstance(d, ds.Dataset):
-    raise ValueError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected a Dataset")
+        f"(subset {subset or None!r}, split {split or 'train'!r}): {type(e).__name__}: {e}. Hub datasets are streamed "
+        "and need network access; offline, save the dataset with save_to_disk and give that directory, or export "
+        "it to .jsonl/.parquet") from e
+  if not isinstance(d, ds.IterableDataset):
+    raise DataError(f"data source {path!r}: load_dataset returned a {type(d).__name__}, expected an "
+                    "IterableDataset")
   return d
 
 
@@ -96,6 +102,19 @@ def rows(path: str, kind: str, split: str = "", subset: str = "") -> Iterator[tu
 
 
 def fingerprint(path: str, kind: str, split: str = "", subset: str = "") -> str:
-  """datasets' own content fingerprint of the (split of the) dataset."""
+  """What identifies the rows: a save_to_disk dataset's own content fingerprint; a hub dataset's revision
+  (the commit of its repo)."""
+  if kind == "hf_hub":
+    return _hub_revision(hub_id(path))
   d = load(path, kind, split, subset)
   return str(getattr(d, "_fingerprint", "")) or f"{len(d)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_revision(name: str) -> str:
+  import huggingface_hub
+  try:
+    return str(huggingface_hub.HfApi().dataset_info(name).sha)
+  except Exception as e:  # noqa: BLE001 - offline, unknown id, gated, ...
+    raise ValueError(f"data source {name!r}: could not read the revision of the Hugging Face hub dataset (it keys "
+                     f"the data.cache_dir entry; streaming needs network access too): {type(e).__name__}: {e}") from e

@@ -29,8 +29,10 @@ import zlib
 import grain
 import numpy as np
 
-from jaxtune.data import cache, packing
+from jaxtune.data import cache, packing, shares
 from jaxtune.data.examples import DataError, DataStats, ExampleStore, load_examples, split_holdout
+
+log = logging.getLogger(__name__)
 
 ROWS_PER_WINDOW = 64  # rows packed together (at least one batch)
 # Names how examples become rows; a checkpoint records it, and a run resumed under another layout (it would
@@ -198,27 +200,32 @@ _LAST: dict = {}  # {key: (store, stats)} of the last held-out load (train and e
 
 def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, reuse: bool = False,
               preference: bool = False):
-  """load_examples, through the on-disk cache when data.cache_dir is set; with `reuse`,
-  the last result for the same key is returned again (in this process) instead of
-  tokenizing the same sources twice."""
+  """load_examples, through the on-disk cache when data.cache_dir is set, split across the processes of a
+  multi-process run (`shares.py`: each tokenizes its share, all get every example); with `reuse`, the last
+  result for the same key is returned again (in this process) instead of tokenizing the same sources twice."""
   settings = dict(seq_len=data_cfg.seq_len, mask=data_cfg.mask, overlong=data_cfg.overlong,
                   strict=data_cfg.strict, shard_index=shard_index, shard_count=shard_count,
                   reasoning=data_cfg.reasoning, system=data_cfg.system)
   if preference:  # pairs are fitted to rows differently packed and unpacked
     settings.update(preference=True, packing=data_cfg.packing)
-  cache_dir = data_cfg.cache_dir
-  if not cache_dir and not reuse:
-    return load_examples(sources, tokenizer, **settings)
-  key = cache.cache_key(sources, tokenizer, **settings)
+  cache_dir, workers = data_cfg.cache_dir, data_cfg.tokenize_workers
+  # an explicit shard per caller: each process loads its own, nothing to combine
+  index, count = shares.processes() if shard_count == 1 else (0, 1)
+  if not cache_dir and not reuse and count == 1:
+    return load_examples(sources, tokenizer, workers=workers, **settings)
+  key = cache.cache_key(sources, tokenizer, **settings) if reuse or count == 1 else ""
   if reuse and key in _LAST:
     store, stats = _LAST[key]
     return store, copy.deepcopy(stats)
-  hit = cache.load(cache_dir, key) if cache_dir else None
-  if hit is not None:
-    logging.info("data: tokenized examples loaded from %s (key %s)", cache_dir, key)
+  hit = cache.load(cache_dir, key) if cache_dir and count == 1 else None
+  if count > 1:
+    store, stats = shares.load(sources, tokenizer, settings, cache_dir=cache_dir, workers=workers, index=index,
+                               count=count)
+  elif hit is not None:
+    log.info("data: tokenized examples loaded from %s (key %s)", cache_dir, key)
     store, stats = hit
   else:
-    store, stats = load_examples(sources, tokenizer, **settings)
+    store, stats = load_examples(sources, tokenizer, workers=workers, **settings)
     if cache_dir:
       cache.save(cache_dir, key, store, stats)
   if reuse:
@@ -229,11 +236,13 @@ def _examples(data_cfg, sources, tokenizer, shard_index: int, shard_count: int, 
 
 def build_pipeline(data_cfg, tokenizer, *, batch_size: int, seed: int, shard_index: int = 0,
                    shard_count: int = 1, split: str = "train", preference: bool = False) -> Pipeline:
-  """Reads, tokenizes and wires a split for process `shard_index` of `shard_count`.
+  """Reads, tokenizes and wires a split: every example (by default), or shard `shard_index` of `shard_count`.
 
   Records are assigned to shards round-robin before tokenization, so shards are
-  disjoint and together cover the data. `batch_size` is this process's rows. With
+  disjoint and together cover the data. `batch_size` is the rows of each batch. With
   `preference` the examples are preference pairs (two sequences that stay together).
+  The processes of a multi-process run share the tokenizing (`shares.py`) and all
+  get the same store, hence the same batches.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r} not in ('train', 'eval')")

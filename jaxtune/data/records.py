@@ -29,11 +29,12 @@ assistant messages with OpenAI `tool_calls` (`content` may then be empty or null
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import io as _stdio
 import json
 import os
 import re
+import zlib
 from typing import Any, Iterator
 
 from jaxtune import io
@@ -148,42 +149,118 @@ def read_records(file: str, *, split: str = "", subset: str = "") -> Iterator[tu
   elif k == "parquet":
     yield from _read_parquet(file)
   elif k == "json":
-    data = json.loads(io.read_bytes(file).decode("utf-8"))
-    if not isinstance(data, list):
-      raise DataError(f"{file}: a .json source must hold a list of records, got {type(data).__name__}")
-    for i, rec in enumerate(data):
+    for i, rec in enumerate(_read_json_list(file)):
       yield file, i, rec
   else:
-    with io.open(file, "rb") as raw:
-      stream = (gzip.open(raw, "rt", encoding="utf-8") if file.endswith(".gz")
-                else _stdio.TextIOWrapper(raw, encoding="utf-8"))
+    yield from _read_jsonl(file)
+
+
+MAX_JSON_DEPTH_ERROR = "nested too deeply for the JSON parser"
+
+
+def decode_line(line: bytes) -> Any:
+  """One JSON-lines record, or a MalformedRecord saying why it is not one (invalid UTF-8, bad JSON, a value
+  nested too deeply or an integer too long for Python's parser)."""
+  try:
+    text = line.decode("utf-8")
+  except UnicodeDecodeError as e:
+    return MalformedRecord("bad_utf8", f"invalid UTF-8 at byte {e.start} of the line ({e.reason})")
+  try:
+    rec = json.loads(text)
+  except RecursionError:
+    return MalformedRecord("bad_json", MAX_JSON_DEPTH_ERROR)
+  except ValueError as e:  # JSONDecodeError, and the int-digits limit of int()
+    return MalformedRecord("bad_json", str(e))
+  return _checked_text(rec, text)
+
+
+def _checked_text(rec: Any, text: str) -> Any:
+  """`rec`, or a MalformedRecord when a lone surrogate escape (`\\ud800`) made one of its strings something
+  that is not text (a tokenizer would fail the whole batch on it). Only JSON escapes make these, so only
+  text holding a `\\ud` escape is checked."""
+  if "\\ud" not in text and "\\uD" not in text:
+    return rec
+  try:
+    json.dumps(rec, ensure_ascii=False).encode("utf-8")
+  except UnicodeEncodeError as e:
+    return MalformedRecord("bad_unicode", f"a lone surrogate {e.object[e.start:e.end]!r} (a \\ud800-\\udfff escape "
+                           "without its pair) is not text")
+  return rec
+
+
+def _read_jsonl(file: str) -> Iterator[tuple[str, int, Any]]:
+  """Records of a .jsonl / .jsonl.gz file, read as bytes so that one line of invalid UTF-8 is one malformed
+  record; a UTF-8 byte-order mark before the first line is skipped. A gzip stream that is not gzip, is
+  damaged or ends early (after the records before it were read) is a DataError naming the file and line."""
+  n = 0
+  with io.open(file, "rb") as raw:
+    stream = gzip.open(raw, "rb") if file.endswith(".gz") else raw
+    try:
       for n, line in enumerate(stream, start=1):
-        if not line.strip():
-          continue
-        try:
-          yield file, n, json.loads(line)
-        except json.JSONDecodeError as e:
-          yield file, n, MalformedRecord("bad_json", str(e))
+        if n == 1 and line.startswith(codecs.BOM_UTF8):
+          line = line[len(codecs.BOM_UTF8):]
+        if line.strip():
+          yield file, n, decode_line(line)
+    except EOFError as e:
+      raise DataError(f"{file}: the gzip stream ends early, after line {n} ({e}); the file is truncated: "
+                      "write or download it again") from None
+    except gzip.BadGzipFile as e:
+      raise DataError(f"{file}: not a gzip file ({e}); a .jsonl.gz source must be gzip-compressed") from None
+    except (zlib.error, OSError) as e:
+      raise DataError(f"{file}: cannot read past line {n}: {type(e).__name__}: {e}") from None
+
+
+def _read_json_list(file: str) -> list:
+  """The records of a .json source: one JSON array; anything else is a DataError naming the file (and line)."""
+  try:
+    text = io.read_bytes(file).decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{file}: not UTF-8 text (invalid byte at offset {e.start}: {e.reason})") from None
+  try:
+    data = json.loads(text)
+  except RecursionError:
+    raise DataError(f"{file}: a value is {MAX_JSON_DEPTH_ERROR}") from None
+  except json.JSONDecodeError as e:
+    hint = " (one JSON record per line is a .jsonl file: rename it)" if e.msg == "Extra data" else ""
+    raise DataError(f"{file}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}){hint}") from None
+  except ValueError as e:
+    raise DataError(f"{file}: not valid JSON ({e})") from None
+  if not isinstance(data, list):
+    raise DataError(f"{file}: a .json source must hold a list of records, got {type(data).__name__}")
+  return [_checked_text(rec, text) for rec in data]
 
 
 def _read_parquet(file: str):
+  import pyarrow as pa
   import pyarrow.parquet as pq
   i = 0
   with io.open(file, "rb") as f:
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-      for rec in batch.to_pylist():
-        yield file, i, rec
-        i += 1
+    try:
+      batches = pq.ParquetFile(f).iter_batches(batch_size=1024)
+      for batch in batches:
+        for rec in batch.to_pylist():
+          yield file, i, rec
+          i += 1
+    except (pa.ArrowException, OSError, ValueError) as e:
+      first = (str(e).strip().splitlines() or [""])[0]
+      at = f" at row {i}" if i else ""
+      raise DataError(f"{file}: not a readable parquet file{at} ({first})") from None
 
 
 def _read_array_record(file: str):
   """Decoded records of an ArrayRecord file (a remote one is read from a local copy: the ArrayRecord reader
   reads local files only)."""
-  for i, raw in pretokenized.read(io.local_copy(file)):
-    try:
-      yield file, i, pretokenized.decode(raw)
-    except pretokenized.RecordError as e:
-      yield file, i, MalformedRecord("bad_record", str(e))
+  i = 0
+  try:
+    for i, raw in pretokenized.read(io.local_copy(file)):
+      try:
+        rec = pretokenized.decode(raw)
+      except pretokenized.RecordError as e:
+        rec = MalformedRecord("bad_record", str(e))
+      yield file, i, rec
+  except (OSError, ValueError, RuntimeError) as e:
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise DataError(f"{file}: not a readable ArrayRecord file (record {i}: {type(e).__name__}: {first})") from None
 
 
 def detect_format(record: Any) -> str | None:

@@ -12,7 +12,8 @@ _ANSI_TRAINED, _ANSI_RESET = "\033[1;32m", "\033[0m"
 
 
 def _tokenizer(cfg):
-  return chat.load_tokenizer(cfg.model.path, cfg.data.chat_template)
+  from jaxtune.weights.hf_load import resolve_model_dir
+  return chat.load_tokenizer(str(resolve_model_dir(cfg.model.path)), cfg.data.chat_template)
 
 
 def _preference(cfg) -> bool:

@@ -9,10 +9,35 @@ the tokenizer lacks, `[INST]` or `<think>`: they are added as single tokens
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 
 from jaxtune.data import templates
 from jaxtune.errors import CheckpointError, TemplateError
+
+
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "*.tiktoken")
+
+
+def check_tokenizer_files(model_path: str) -> None:
+  """A local model dir holds a vocabulary file; otherwise transformers would try to convert a slow tokenizer
+  and blame a missing sentencepiece."""
+  if os.path.isdir(model_path) and not any(glob.glob(os.path.join(glob.escape(model_path), f)) for f in VOCAB_FILES):
+    raise CheckpointError(f"{model_path} has no tokenizer files (one of {', '.join(VOCAB_FILES)}); copy the "
+                          "tokenizer of the model into it (tokenizer.json and tokenizer_config.json)")
+
+
+def load_tokenizer_files(model_path: str):
+  """transformers' AutoTokenizer of a model dir (or hub id); a local dir without tokenizer files, or files
+  transformers cannot read, is a CheckpointError naming the dir."""
+  from transformers import AutoTokenizer
+  check_tokenizer_files(model_path)
+  try:
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+  except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise CheckpointError(f"cannot load the tokenizer in {model_path}: {type(e).__name__}: {first}") from e
 
 
 def load_tokenizer(model_path: str, chat_template: str = ""):
@@ -26,8 +51,7 @@ def load_tokenizer(model_path: str, chat_template: str = ""):
   `len(tokenizer)` (`jaxtune.models.resize.resize_vocab`). The added tokens and
   their ids are logged and kept in `tokenizer.jaxtune_added_tokens`.
   """
-  from transformers import AutoTokenizer
-  tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+  tok = load_tokenizer_files(model_path)
   if not getattr(tok, "is_fast", False):
     raise CheckpointError(f"tokenizer at {model_path!r} is not a fast tokenizer; offsets are needed for loss masks")
   tok.jaxtune_added_tokens = {}

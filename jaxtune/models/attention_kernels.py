@@ -50,6 +50,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxtune.errors import ConfigError
+
 IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")  # model.attention values
 TEST_IMPLS = ("splash_interpret",)  # the splash kernel in Pallas interpret mode, any platform
 CUDNN_DTYPES = ("bfloat16", "float16")
@@ -122,21 +124,22 @@ def resolve_impl(requested: str | None, platform: str, *, dtype, head_dim: int, 
     return "blockwise" if segmented else "xla"
   if requested == "cudnn":
     if platform != "gpu":
-      raise ValueError(f"attention implementation 'cudnn' needs a GPU, the model is built for {platform!r}")
+      raise ConfigError(f"model.attention: attention implementation 'cudnn' needs a GPU, the model is built for "
+                        f"{platform!r}")
     reason = cudnn_unsupported(dtype=dtype, head_dim=head_dim, softcap=softcap, segmented=segmented,
                                seq_len=seq_len, max_head_dim=cudnn_head_dim_max, explicit=True)
     if reason is not None:
-      raise ValueError(f"attention implementation 'cudnn' cannot run this layer: {reason} "
-                       "(model.attention='auto' falls back to blockwise or XLA for it)")
+      raise ConfigError(f"model.attention: attention implementation 'cudnn' cannot run this layer: {reason} "
+                        "(model.attention='auto' falls back to blockwise or XLA for it)")
     return "cudnn"
   if requested == "splash":
     if platform != "tpu":
-      raise ValueError(f"attention implementation 'splash' (a TPU Pallas kernel) needs a TPU, the model is built "
-                       f"for {platform!r}")
+      raise ConfigError(f"model.attention: attention implementation 'splash' (a TPU Pallas kernel) needs a TPU, "
+                        f"the model is built for {platform!r}")
     return "splash"
   if requested in TEST_IMPLS:
     return requested
-  raise ValueError(f"attention implementation {requested!r} not in {IMPLS + TEST_IMPLS}")
+  raise ConfigError(f"model.attention: attention implementation {requested!r} not in {IMPLS + TEST_IMPLS}")
 
 
 # -- cuDNN ---------------------------------------------------------------------

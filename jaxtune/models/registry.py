@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from jaxtune.errors import CheckpointError
 from jaxtune.models import gemma2, gemma3, llama, mistral, qwen2, qwen3
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (llama, mistral, qwen2, qwen3, gemma2, gemma3)}
@@ -21,7 +22,7 @@ def family_for(hf_config: dict[str, Any]) -> ModuleType:
   for m in FAMILIES.values():
     if (archs and archs[0] == m.ARCHITECTURE) or (not archs and model_type == m.MODEL_TYPE):
       return m
-  raise ValueError(f"unsupported architecture {archs or None} (model_type {model_type!r}); supported: {supported()}")
+  raise CheckpointError(f"unsupported architecture {archs or None} (model_type {model_type!r}); supported: {supported()}")
 
 
 def normalized_hf(hf_config: dict[str, Any], fam: ModuleType) -> Any:

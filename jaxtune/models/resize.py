@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from jaxtune.errors import CheckpointError
 from jaxtune.mesh import sharding_for, variable_axes
 
 
@@ -75,10 +76,22 @@ def resize_vocab(model, new_vocab_size: int, *, pad_to_multiple_of: int | None =
 VOCAB_MULTIPLE = 128  # a grown vocabulary is padded to this (shards evenly over tensor axes)
 
 
+def check_tokenizer_fits(tokenizer, vocab_size: int) -> None:
+  """A tokenizer larger than the model's vocabulary by itself (before jaxtune added a template's tokens)
+  is a CheckpointError with the two sizes: its extra ids have no embedding rows, and growing the model
+  would hide a mismatched tokenizer."""
+  own = len(tokenizer) - len(getattr(tokenizer, "jaxtune_added_tokens", None) or {})
+  if own > vocab_size:
+    raise CheckpointError(f"the tokenizer has {own} tokens but the model's vocabulary has {vocab_size} (vocab_size "
+                          "in config.json): ids past the vocabulary have no embedding. Use the tokenizer that came "
+                          "with the model (data.chat_template adds a template's own tokens and grows the model)")
+
+
 def grow_for_tokenizer(model, tokenizer) -> int | None:
   """Grows `model`'s vocabulary to cover `len(tokenizer)` (special tokens a chat template added), padded
-  to VOCAB_MULTIPLE; returns the old size when it grew, else None."""
+  to VOCAB_MULTIPLE; returns the old size when it grew, else None (`check_tokenizer_fits` first)."""
   old = model.config.vocab_size
+  check_tokenizer_fits(tokenizer, old)
   if len(tokenizer) <= old:
     return None
   resize_vocab(model, len(tokenizer), pad_to_multiple_of=VOCAB_MULTIPLE)

@@ -4,9 +4,11 @@
 step; the hooks run on it in order:
 
   EvalHook        eval loss and eval prompts at eval points (every train.eval_every, and the last step)
+  HarnessHook     lm-evaluation-harness tasks (eval.harness_tasks) at the same points
   MetricsHook     reads each step's metrics one step late (the host never waits on the step it just
                   dispatched), stops the run on a non-finite loss (the NaN guard), writes metrics.jsonl /
                   TensorBoard rows every train.log_every, moves the progress bar
+  CurvesHook      redraws RUN_DIR/curves.png at eval points and at the end
   CheckpointHook  saves every checkpoint.every steps, and at the end or on a stop signal
 
 A hook that must see the current step checked (a checkpoint never holds a state whose
@@ -28,6 +30,7 @@ import jax
 from flax import nnx
 
 from jaxtune import log as log_lib
+from jaxtune import rundir
 from jaxtune.errors import TrainingError
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train.metrics import MetricsWriter, mfu
@@ -96,6 +99,29 @@ class EvalHook(Hook):
     info.paused_s += time.perf_counter() - t0
 
 
+class HarnessHook(Hook):
+  """lm-evaluation-harness tasks (eval.harness_tasks) on the current model at every eval point and the last
+  step; their eval_<task>_<metric> values join that step's row."""
+
+  def __init__(self, every: int, harness, graphdef):
+    self.every, self.harness, self.graphdef = every, harness, graphdef
+
+  def due(self, info: StepInfo) -> bool:
+    return self.harness is not None and (super().due(info) or info.last)
+
+  def sync(self, info: StepInfo) -> bool:
+    return self.due(info)
+
+  def __call__(self, info: StepInfo) -> None:
+    if not self.due(info):
+      return
+    t0 = time.perf_counter()
+    metrics = self.harness(nnx.merge(self.graphdef, info.state.params, info.state.rest))
+    info.extra.update(metrics)
+    log.info("step %d: %s", info.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    info.paused_s += time.perf_counter() - t0
+
+
 class MetricsHook(Hook):
   """Reads step N's metrics after step N+1 is dispatched (or at once when a hook syncs on N), stops on a
   non-finite loss unless train.skip_nonfinite, writes a row every `log_every` steps (and at the first and
@@ -158,29 +184,67 @@ class MetricsHook(Hook):
     self.bar.close()
 
 
+class CurvesHook(Hook):
+  """RUN_DIR/curves.png (jaxtune.plot) from the run's metrics rows, rewritten at every eval point (after
+  MetricsHook wrote that step's row) and at the end; process 0 only. A failure to draw is a warning: it
+  never stops training."""
+
+  def __init__(self, every: int, writer: MetricsWriter):
+    self.every, self.writer = every, writer
+
+  def __call__(self, info: StepInfo) -> None:
+    if self.due(info) and not info.last:  # the last step is drawn by end(), once its row is written
+      self._draw()
+
+  def end(self, info: StepInfo | None) -> None:
+    self._draw()
+
+  def _draw(self) -> None:
+    if not self.writer.enabled or not self.writer.history:
+      return
+    from jaxtune import plot
+    try:
+      plot.write_curves(self.writer.run_dir, self.writer.history)
+    except Exception as e:  # noqa: BLE001 - a picture is not worth a training run
+      log.warning("could not draw %s: %s: %s", rundir.CURVES, type(e).__name__, e)
+
+
 class CheckpointHook(Hook):
   """Saves every `every` steps (after the step was checked finite); at the end (or on a stop signal) saves
-  the final state unless it is saved already, and waits for async saves to finish."""
+  the final state unless it is saved already, and waits for async saves to finish. A save that fails (a
+  full disk, a lost bucket) stops the run as soon as it is known (the step after its background write
+  ended) with one TrainingError line naming the step and the reason; the previous checkpoint stays."""
 
   def __init__(self, manager, every: int, data_iter, meta: dict, writer: MetricsWriter, start: int):
     self.manager, self.every, self.data_iter, self.meta, self.writer = manager, every, data_iter, meta, writer
     self.saved_at = start
+    self.pending: int | None = None  # the step of the async save in flight
 
   def sync(self, info: StepInfo) -> bool:
     return self.due(info)
 
+  def _settle(self, *, block: bool) -> None:
+    """Raises the failure of the save in flight once it has ended (at once with `block`)."""
+    if self.pending is not None and (block or not self.manager.is_saving_in_progress()):
+      step, self.pending = self.pending, None
+      ckpt_lib.wait(self.manager, step)
+
+  def _save(self, info: StepInfo, *, force: bool = False) -> None:
+    self._settle(block=True)
+    self.writer.flush()  # a remote run dir: the logs of a saved step are uploaded before it is
+    ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta, force=force)
+    self.pending = self.saved_at = info.step
+
   def __call__(self, info: StepInfo) -> None:
+    self._settle(block=False)
     if self.due(info) and not info.stop:
-      self.writer.flush()  # a remote run dir: the logs of a saved step are uploaded before it is
-      ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta)
-      self.saved_at = info.step
+      self._save(info)
 
   def end(self, info: StepInfo | None) -> None:
     if info is not None and (info.step > self.saved_at or not ckpt_lib.good_steps(self.manager)):
-      self.manager.wait_until_finished()
-      self.writer.flush()
-      ckpt_lib.save(self.manager, info.state, self.data_iter, self.meta, force=True)
-    self.manager.wait_until_finished()
+      self._save(info, force=True)
+    self._settle(block=True)
+    ckpt_lib.wait(self.manager, None)
 
 
 class StopSignal:

@@ -50,22 +50,31 @@ class MetricsWriter:
   """One JSON object per logged step in RUN_DIR/metrics.jsonl, eval-prompt samples in samples.jsonl,
   and the same scalars as TensorBoard events in RUN_DIR/tensorboard/ (process 0 only). RUN_DIR may
   be remote (gs://...): logs and events are then uploaded every few seconds and on flush/close
-  (see jaxtune.rundir)."""
+  (see jaxtune.rundir). `sinks` are further destinations of the same rows and samples (W&B), built on
+  process 0 only by `make_sinks()`. `history` holds every row of the run, the resumed run's earlier ones
+  included (for the curves)."""
 
-  def __init__(self, run_dir: str):
+  def __init__(self, run_dir: str, make_sinks=None):
     self.enabled = jax.process_index() == 0
     self.run_dir = run_dir
     self._metrics = self._samples = self._tb_dir = self._tb = None
+    self.sinks: list[Any] = []
+    self.history: list[dict[str, Any]] = []
     if self.enabled:
       from tensorboardX import SummaryWriter
+      self.history = rundir.read_metrics(run_dir)
       self._metrics = io.JsonlLog(rundir.path(run_dir, rundir.METRICS))
       self._tb_dir = io.LocalDir(rundir.path(run_dir, rundir.TENSORBOARD))
       self._tb = SummaryWriter(self._tb_dir.path)
+      self.sinks = list(make_sinks()) if make_sinks is not None else []
 
   def write(self, row: dict[str, Any]) -> None:
     if self._tb is None:
       return
     self._metrics.append(row)
+    self.history.append(row)
+    for sink in self.sinks:
+      sink.write(row)
     step = int(row["step"])
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
@@ -80,6 +89,8 @@ class MetricsWriter:
     if self._samples is None:  # created on the first samples: a run without eval.prompts has no file
       self._samples = io.JsonlLog(rundir.path(self.run_dir, rundir.SAMPLES))
     self._samples.append(*({"step": step, **s} for s in samples))
+    for sink in self.sinks:
+      sink.write_samples(step, samples)
     if table:
       self._tb.add_text("eval/samples", table, step)
       self._tb.flush()
@@ -98,6 +109,8 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._tb is not None:
+      for sink in self.sinks:
+        sink.close()
       self._tb.close()
       self._tb_dir.close()
       for f in (self._metrics, self._samples):

@@ -20,13 +20,14 @@ import jax
 from flax import nnx
 
 import jaxtune
+from jaxtune import io
 from jaxtune import mesh as mesh_lib
 from jaxtune import rundir
 from jaxtune.config import Config, compute_dtype, determinism_keys, jnp_dtype, quantize_format
 from jaxtune.data.pipeline import LAYOUT
 from jaxtune.errors import ConfigError, TrainingError
 from jaxtune.models.lora import attach_lora
-from jaxtune.models.resize import grow_for_tokenizer
+from jaxtune.models.resize import check_tokenizer_fits, grow_for_tokenizer
 from jaxtune.train import checkpoint as ckpt_lib
 from jaxtune.train import objectives
 from jaxtune.train.metrics import flops_per_token
@@ -57,6 +58,7 @@ class Run:
   flops_per_token: float
   evaluate: Callable | None = None  # state -> {"eval_loss", ...}
   sampler: Any = None  # model -> (metrics, samples), for eval.prompts
+  harness: Any = None  # model -> {eval_<task>_<metric>}, for eval.harness_tasks
 
   @property
   def batch_sharding(self):
@@ -69,15 +71,33 @@ class Run:
 
 
 def check_batch(cfg: Config, mesh) -> None:
-  batch_shards = mesh_lib.batch_shards(mesh)
+  """The micro-batch divides over the mesh's batch axes and the sequence over its context axis (`mesh`: a
+  Mesh or its {axis: size})."""
+  shape = getattr(mesh, "shape", mesh)
+  batch_shards = shape["data"] * shape["fsdp"]
   micro = cfg.train.batch_size // cfg.train.grad_accum
   if micro % batch_shards:
     raise ConfigError(f"config key 'train.batch_size': the micro-batch {micro} (train.batch_size / "
                       f"train.grad_accum) is not divisible by mesh.data * mesh.fsdp = {batch_shards}")
-  context = mesh_lib.context_size(mesh)
+  context = shape.get(mesh_lib.RULES["seq"], 1)
   if cfg.data.seq_len % context:
     raise ConfigError(f"config key 'data.seq_len': {cfg.data.seq_len} is not divisible by mesh.context = {context} "
                       "(each device holds an equal slice of every row)")
+
+
+SHOWN_DROPS = 5  # dropped records `jaxtune train` names (file:line, reason); `jaxtune data stats` lists more
+
+
+def log_dropped(stats: dict) -> None:
+  """Names the first few dropped records (file:line, reason, detail), as `data stats` does."""
+  samples = stats.get("samples") or []
+  if not samples:
+    return
+  shown = "; ".join(f"{s['where']}: {s['reason']}" + (f" ({s['detail'][:120]})" if s.get("detail") else "")
+                    for s in samples[:SHOWN_DROPS])
+  more = stats.get("dropped", len(samples)) - min(len(samples), SHOWN_DROPS)
+  log.warning("data: dropped records, e.g. %s%s (jaxtune data stats lists them)", shown,
+              f"; and {more} more" if more > 0 else "")
 
 
 def check_resume_config(cfg: Config, meta: dict) -> None:
@@ -105,7 +125,7 @@ def check_resume_config(cfg: Config, meta: dict) -> None:
 
 def build(cfg: Config) -> Run:
   from jaxtune.data.chat import load_tokenizer
-  from jaxtune.weights.hf_load import load_pretrained, resolve_model_dir
+  from jaxtune.weights.hf_load import load_pretrained, model_config, read_hf_config, resolve_model_dir
 
   is_main = jax.process_index() == 0
   mesh = mesh_lib.mesh_from_cfg(cfg.mesh)
@@ -113,11 +133,21 @@ def build(cfg: Config) -> Run:
   objective = objectives.for_config(cfg)
   model_dir = str(resolve_model_dir(cfg.model.path))
   tokenizer = load_tokenizer(model_dir, cfg.data.chat_template)
+  check_tokenizer_fits(tokenizer, model_config(read_hf_config(model_dir), f"{model_dir}/config.json").vocab_size)
+  if cfg.log.wandb_project and is_main:
+    from jaxtune.train.wandb_sink import require_wandb
+    require_wandb()
+  harness = None
+  if cfg.eval.harness_tasks:  # task names are checked before any data or weights load
+    from jaxtune.harness import HarnessEval
+    harness = HarnessEval(cfg, tokenizer, model_dir, io.read_json(io.join(model_dir, "config.json")))
+    log.info("harness tasks at eval points: %s", ", ".join(harness.tasks))
   pipeline = objective.pipeline(cfg, tokenizer, "train")
   stats = pipeline.stats.to_dict()
   log.info("data: %s examples (%s loss tokens) from %s records; dropped %s %s; packing efficiency %.3f",
            stats["examples"], stats["loss_tokens"], stats["records"], stats["dropped"],
            stats.get("dropped_by_reason", {}), stats.get("packing_efficiency", float("nan")))
+  log_dropped(stats)
   eval_pipeline = None
   if cfg.train.eval_every > 0 and cfg.has_eval_data:
     eval_pipeline = objective.pipeline(cfg, tokenizer, "eval")
@@ -148,13 +178,13 @@ def build(cfg: Config) -> Run:
 
     manager = ckpt_lib.make_manager(cfg.run.dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     data_iter = pipeline.iterator()
-    done = ckpt_lib.good_steps(manager, quarantine=is_main)
-    if done:
-      check_resume_config(cfg, ckpt_lib.read_meta(manager, done[0]))
-      state, _ = ckpt_lib.restore(manager, done[0], state, data_iter)
-      if is_main:
-        rundir.truncate_logs(cfg.run.dir, done[0])
-      log.info("resumed from %s/%d", ckpt_lib.checkpoint_dir(cfg.run.dir), done[0])
+    resumed = ckpt_lib.restore_latest(manager, state, data_iter, check_meta=lambda m: check_resume_config(cfg, m),
+                                      quarantine=is_main)
+    if resumed is not None:
+      state, _, step = resumed
+      log.info("resumed from %s/%d", ckpt_lib.checkpoint_dir(cfg.run.dir), step)
+    if is_main:  # rows logged after the checkpoint resumed from (all of them when starting over) go
+      rundir.truncate_logs(cfg.run.dir, resumed[2] if resumed is not None else 0)
     if is_main:
       rundir.write_config(cfg.run.dir, cfg.to_dict(), jaxtune.__version__)
       rundir.write_hf_source(cfg.run.dir, model_dir, tokenizer, hf_config)
@@ -175,4 +205,4 @@ def build(cfg: Config) -> Run:
              data_iter=data_iter, graphdef=graphdef, state=state, frozen=frozen, step_fn=step_fn, manager=manager,
              start=int(jax.device_get(state.step)),
              meta={"config": cfg.to_dict(), "jaxtune_version": jaxtune.__version__, "data_layout": LAYOUT},
-             flops_per_token=fpt, evaluate=evaluate, sampler=sampler)
+             flops_per_token=fpt, evaluate=evaluate, sampler=sampler, harness=harness)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtune import log as log_lib
 from jaxtune.models import CausalLM, ModelConfig, build_model
 from jaxtune.weights import tables
 from jaxtune.weights.hf_load import contiguous, copy_into
@@ -218,11 +219,20 @@ def save_state_pretrained(cfg: ModelConfig, hf_config: dict | None, params_state
     for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
       old.unlink()
 
+  nbytes = [int(np.prod(s, dtype=np.int64)) * dtype.itemsize for _, s, _, _ in entries]
+  bar = log_lib.progress(total=sum(nbytes), desc=f"exporting to {out_dir}", unit="B", scale=True)
+
+  def tensor(i: int) -> np.ndarray:
+    a = hf_tensor(_value(entries[i][2]), entries[i][3], dtype)  # a scanned model's layer: its slice
+    bar.update(nbytes[i])
+    bar.set_postfix(tensors=f"{i + 1}/{len(entries)}")
+    return a
+
   for fname, idx in zip(file_names, shards):
     names = [entries[i][0] for i in idx]
     shapes = [entries[i][1] for i in idx]
-    arrays = (hf_tensor(_value(entries[i][2]), entries[i][3], dtype) for i in idx)
-    write_safetensors(out_dir / fname if writer else None, names, shapes, dtype, arrays)
+    write_safetensors(out_dir / fname if writer else None, names, shapes, dtype, (tensor(i) for i in idx))
+  bar.close()
 
   if writer:
     if n > 1:

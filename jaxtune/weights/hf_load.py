@@ -22,10 +22,11 @@ from flax import nnx
 from jax.sharding import Mesh, Sharding, SingleDeviceSharding
 from safetensors import safe_open
 
+from jaxtune import log as log_lib
 from jaxtune.mesh import sharding_for, variable_axes
 from jaxtune.models import CausalLM, ModelConfig, build_model, quant
 from jaxtune.weights import tables
-from jaxtune.errors import CheckpointError  # noqa: F401 - raised here, defined with the other user errors
+from jaxtune.errors import CheckpointError, ConfigError, MissingPathError
 
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -33,30 +34,91 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-  """A local directory as is; otherwise an HF hub id fetched with snapshot_download."""
+def resolve_model_dir(path: str | Path, *, what: str = "model.path") -> Path:
+  """A local directory as is; otherwise an HF hub id fetched with snapshot_download. `what` names the
+  setting in errors (model.path, distill.teacher, --model)."""
+  s = str(path)
+  if not s.strip():
+    raise ConfigError(f"{what} is empty: set it to a Hugging Face model directory or hub id")
   p = Path(path).expanduser()
   if p.is_dir():
     return p
-  s = str(path)
-  if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1:
-    raise FileNotFoundError(f"model path {s!r} is not a directory")
+  if p.exists():
+    raise MissingPathError(f"{what} {s!r} is a file, not a model directory")
+  if s.startswith((".", "/", "~")) or s.count("/") > 1:
+    raise MissingPathError(f"{what} {s!r} does not exist")
   from huggingface_hub import snapshot_download
   try:
     return Path(snapshot_download(s, allow_patterns=HUB_PATTERNS))
   except Exception as e:  # noqa: BLE001 - re-raised with the id that failed
-    raise FileNotFoundError(f"{s!r} is not a local directory and could not be fetched from the hub: {e}") from e
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise MissingPathError(f"{what} {s!r} is not a local directory and could not be fetched from the hub: "
+                           f"{type(e).__name__}: {first}") from e
+
+
+def read_hf_config(d: Path) -> dict[str, Any]:
+  """config.json of a model dir as a dict; a missing or unreadable one is a CheckpointError naming the file
+  (and line)."""
+  f = Path(d) / "config.json"
+  if not f.is_file():
+    hint = (" (it is a jaxtune run dir: use `jaxtune export` to make a model directory of it)"
+            if (Path(d) / "checkpoints").is_dir() else "")
+    raise CheckpointError(f"{d} has no config.json: not a Hugging Face model directory{hint}")
+  try:
+    cfg = json.loads(f.read_bytes().decode("utf-8-sig"))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{f}:{e.lineno}: not valid JSON ({e.msg})") from None
+  except UnicodeDecodeError as e:
+    raise CheckpointError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+  if not isinstance(cfg, dict):
+    raise CheckpointError(f"{f}: a config.json holds a JSON object, got {type(cfg).__name__}")
+  if "jaxtune_version" in cfg:
+    raise CheckpointError(f"{d} is a jaxtune run dir, not a model directory: make one with `jaxtune export --run {d} "
+                          "--out DIR` (jaxtune generate takes the run dir itself)")
+  return cfg
+
+
+def model_config(hf_config: dict[str, Any], where: str) -> ModelConfig:
+  """ModelConfig.from_hf, its errors (an unsupported architecture, a field out of range) naming `where`."""
+  try:
+    return ModelConfig.from_hf(hf_config)
+  except CheckpointError as e:
+    raise CheckpointError(f"{where}: {e}") from None
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise CheckpointError(f"{where}: unsupported model config: {type(e).__name__}: {e}") from None
+
+
+def _safetensors_error(file: Path, e: Exception) -> CheckpointError:
+  first = (str(e).strip().splitlines() or [""])[0]
+  return CheckpointError(f"{file}: not a readable safetensors file ({first}); the file is truncated or damaged: "
+                         "download or copy it again")
+
+
+def _safe_open(file: Path):
+  if not file.is_file():
+    raise MissingPathError(f"{file} does not exist (named by {file.parent / 'model.safetensors.index.json'})")
+  try:
+    return safe_open(file, framework="numpy")
+  except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, naming no file
+    raise _safetensors_error(file, e) from None
 
 
 def weight_map(d: Path) -> dict[str, Path]:
   """HF tensor name -> safetensors file, from the index or the single file."""
   index = d / "model.safetensors.index.json"
   if index.exists():
-    wm = json.loads(index.read_text())["weight_map"]
+    try:
+      wm = json.loads(index.read_bytes().decode("utf-8-sig"))["weight_map"]
+      if not isinstance(wm, dict):
+        raise TypeError(f"weight_map is a {type(wm).__name__}")
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{index}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (KeyError, TypeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"{index}: not a safetensors index (no weight_map object: {e})") from None
     return {k: d / f for k, f in wm.items()}
   single = d / "model.safetensors"
   if single.exists():
-    with safe_open(single, framework="numpy") as f:
+    with _safe_open(single) as f:
       return {k: single for k in f.keys()}
   pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
   if pickles:
@@ -64,7 +126,18 @@ def weight_map(d: Path) -> dict[str, Path]:
         f"{d} holds only pickle checkpoints ({', '.join(pickles[:4])}); pickle checkpoints are not loaded "
         "because unpickling can run arbitrary code. Convert them to safetensors first (e.g. load with "
         "transformers and call save_pretrained(dir, safe_serialization=True)).")
-  raise FileNotFoundError(f"{d} has no model.safetensors or model.safetensors.index.json")
+  raise CheckpointError(f"{d} has no model.safetensors or model.safetensors.index.json")
+
+
+def check_model_dir(d: Path) -> ModelConfig:
+  """What can be checked of a model dir without reading tensors, in well under a second: config.json
+  readable and supported, weight files present (each safetensors header readable)."""
+  cfg = model_config(read_hf_config(d), str(Path(d) / "config.json"))
+  files = sorted(set(weight_map(Path(d)).values()))
+  for file in files:
+    with _safe_open(file):
+      pass
+  return cfg
 
 
 def check_keys(expected: set[str], available: set[str], *, tied: bool) -> None:
@@ -146,13 +219,16 @@ def read_tensor(file: Path, key: str, shape: tuple[int, ...], path: tuple, trans
   only: safetensors memory-maps it, and every page read stays in this process's
   RSS until the map is closed, so a handle held across tensors would grow RSS by
   the whole shard file."""
-  with safe_open(file, framework="numpy") as f:
+  with _safe_open(file) as f:
     sl = _checked_slice(f, file, key, shape, transform, tables.dotted(path))
     try:
       return read_sharded(sl, transform, shape, sharding, param_dtype)
     except TypeError as e:  # safetensors < 0.8 cannot give bfloat16 tensors to numpy
       raise CheckpointError(f"tensor {key!r} ({sl.get_dtype()}) could not be read with numpy: {e}; "
                             "bfloat16 checkpoints need safetensors >= 0.8") from e
+    except (OSError, ValueError, BufferError) as e:  # bytes missing past a truncated file's end
+      raise CheckpointError(f"{file}: tensor {key!r} cannot be read ({type(e).__name__}: {e}); the file is "
+                            "truncated or damaged: download or copy it again") from e
 
 
 def _slice_len(s: slice, n: int) -> int:
@@ -175,7 +251,7 @@ def read_stacked(files: dict[str, Path], keys: list[tuple[str, tables.Transform]
       out = np.empty((len(layers),) + tuple(_slice_len(s, n) for s, n in zip(rest, layer_shape)), param_dtype)
       for j, layer in enumerate(layers):
         key, transform = keys[layer]
-        with safe_open(files[key], framework="numpy") as f:
+        with _safe_open(files[key]) as f:
           sl = _checked_slice(f, files[key], key, layer_shape, transform, f"{tables.dotted(path)}[{layer}]")
           hf_index = transform.hf_index(rest)
           copy_into(out[j], transform.to_flax(np.asarray(sl[hf_index] if hf_index else sl[:])))
@@ -202,12 +278,20 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
     keys = [tables.hf_key(cfg.family, p) for p in (layers or [kernel_path])]
     plan.append((path, var, keys, layers is not None, quantized))
   check_keys({key for _, _, keys, _, _ in plan for key, _ in keys}, set(files), tied=cfg.tie_word_embeddings)
-  out = []
-  for path, var, keys, stacked, quantized in plan:
+  def float_shape(var, quantized: bool) -> tuple[int, ...]:  # the float tensor a parameter is read as
     shape = tuple(var.get_value().shape)
+    nf4 = quantized and var.get_value().dtype == jnp.uint8
+    return shape[:-2] + (2 * shape[-2], shape[-1]) if nf4 else shape  # nf4 packs two codes a byte
+
+  itemsize = np.dtype(param_dtype).itemsize
+  n_tensors = sum(len(keys) for _, _, keys, _, _ in plan)
+  nbytes = lambda shape: int(np.prod(shape, dtype=np.int64)) * itemsize  # noqa: E731
+  bar = log_lib.progress(total=sum(nbytes(float_shape(var, q)) for _, var, _, _, q in plan),
+                         desc=f"loading weights from {d}", unit="B", scale=True)
+  out, done = [], 0
+  for path, var, keys, stacked, quantized in plan:
+    shape = float_shape(var, quantized)
     fmt = ("nf4" if var.get_value().dtype == jnp.uint8 else "int8") if quantized else None
-    if fmt == "nf4":
-      shape = shape[:-2] + (2 * shape[-2], shape[-1])  # the float kernel the codes come from
     sharding = placement(tables.dotted(path), var, shape)
     dtype = jnp.float32 if quantized else param_dtype
     if stacked:
@@ -215,6 +299,9 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
     else:
       (key, transform), = keys
       array = read_tensor(files[key], key, shape, path, transform, sharding, dtype)
+    done += len(keys)
+    bar.set_postfix(tensors=f"{done}/{n_tensors}")
+    bar.update(nbytes(shape))
     if not quantized:
       out.append((path, var.replace(array)))
       continue
@@ -225,6 +312,7 @@ def load_state(cfg: ModelConfig, abstract_state: nnx.State, d: Path, *,
     codes, scale = jax.jit(functools.partial(quant.quantize, fmt=fmt), out_shardings=(code_sh, scale_sh))(array)
     del array
     out += [(path, var.replace(codes)), (scale_path, scale_var.replace(scale))]
+  bar.close()
   return nnx.from_flat_state(out)
 
 
@@ -237,11 +325,8 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, param_dtype: Any = N
   `scan_layers` stacks the decoder blocks and scans them (None/False: unrolled); `quantize` ("int8" /
   "nf4") stores the decoder blocks' projections quantized, each quantized as it is read."""
   d = resolve_model_dir(path)
-  config_file = d / "config.json"
-  if not config_file.exists():
-    raise FileNotFoundError(f"{d} has no config.json")
-  hf_config = json.loads(config_file.read_text())
-  cfg = ModelConfig.from_hf(hf_config)
+  hf_config = read_hf_config(d)
+  cfg = model_config(hf_config, str(d / "config.json"))
   dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)  # (a np.dtype is falsy: no `or` here)
   param_dtype = jnp.dtype(jnp.float32 if param_dtype is None else param_dtype)
   abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,

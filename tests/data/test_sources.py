@@ -219,11 +219,11 @@ def test_hub_dataset_through_load_dataset(monkeypatch, chatml_tok, reference):
   store, _ = reference
   calls = []
 
-  def fake_load_dataset(name, subset=None, split=None):
+  def fake_load_dataset(name, subset=None, split=None, streaming=False):
     calls.append((name, subset, split))
     if name == "org/offline":
       raise ConnectionError("Couldn't reach 'org/offline' on the Hub (LocalEntryNotFoundError)")
-    return datasets.Dataset.from_list(ROWS)
+    return datasets.Dataset.from_list(ROWS).to_iterable_dataset()
   monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
   hf_datasets._load_hub.cache_clear()
   got, _ = load("hf:org/chat", chatml_tok, split="train_sft", subset="default")
@@ -234,6 +234,42 @@ def test_hub_dataset_through_load_dataset(monkeypatch, chatml_tok, reference):
   with pytest.raises(ValueError, match="could not load the Hugging Face hub dataset 'org/offline'.*network"):
     load("org/offline", chatml_tok)
   hf_datasets._load_hub.cache_clear()
+
+
+@needs_datasets
+def test_hub_datasets_are_streamed_and_keyed_by_revision(monkeypatch, chatml_tok, reference):
+  """A hub dataset is never loaded whole: load_dataset(streaming=True), its rows read as they arrive; the
+  cache key follows the dataset repo's revision."""
+  import huggingface_hub
+  store, _ = reference
+  read = []
+
+  def rows():
+    for i, r in enumerate(ROWS):
+      read.append(i)
+      yield r
+
+  def fake_load_dataset(name, subset=None, split=None, streaming=False):
+    if not streaming:
+      raise AssertionError("a hub dataset must be streamed, not downloaded whole")
+    return datasets.IterableDataset.from_generator(rows)
+  monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+  hf_datasets._load_hub.cache_clear()
+  got, stats = load("hf:org/stream", chatml_tok)
+  assert examples(got) == examples(store) and masks(got) == masks(store) and stats.records == len(ROWS)
+  assert read == list(range(len(ROWS)))
+
+  revision = {"sha": "aaa"}
+  monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
+                      lambda self, name, **kw: type("Info", (), {"sha": revision["sha"]})())
+  hf_datasets._hub_revision.cache_clear()
+  key = cache.cache_key([SourceCfg(path="hf:org/stream")], chatml_tok, seq_len=256)
+  assert cache.unit_fingerprint("hf:org/stream")[-1] == "aaa" and read == list(range(len(ROWS)))  # no rows read
+  revision["sha"] = "bbb"
+  hf_datasets._hub_revision.cache_clear()
+  assert cache.cache_key([SourceCfg(path="hf:org/stream")], chatml_tok, seq_len=256) != key
+  hf_datasets._load_hub.cache_clear()
+  hf_datasets._hub_revision.cache_clear()
 
 
 @needs_datasets

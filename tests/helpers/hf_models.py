@@ -125,6 +125,12 @@ def make_tiny_chat_model(tmp_path: str | Path, family: str = "llama", *, templat
   tokenizer; `template`/`chat_template` as in `make_tokenizer`); returns (dir, tokenizer)."""
   from tests.helpers.tokenizers import make_tokenizer
   _, tok = make_tokenizer(str(tmp_path), template=template, chat_template=chat_template)
+  from transformers import AutoTokenizer
   model_dir, _ = make_tiny_hf(Path(tmp_path) / "model", family=family, vocab_size=len(tok), seed=seed, **overrides)
   tok.save_pretrained(model_dir)
+  loaded = AutoTokenizer.from_pretrained(model_dir)
+  if len(loaded) != len(tok):  # the family's tokenizer class adds tokens on load (Qwen2's <|endoftext|> as unk)
+    tok = loaded
+    model_dir, _ = make_tiny_hf(Path(tmp_path) / "model", family=family, vocab_size=len(tok), seed=seed, **overrides)
+    tok.save_pretrained(model_dir)
   return model_dir, tok

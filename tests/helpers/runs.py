@@ -24,6 +24,7 @@ class TinyRun:
   data: str  # chat.jsonl: 48 records, line 6 not JSON, line 10 without a reply
   run: str  # the run dir, relative to ROOT (where the CLI runs)
   stdout: str  # what `jaxtune train` printed
+  stderr: str = ""  # its warnings
 
   @property
   def run_abs(self) -> str:
@@ -31,7 +32,7 @@ class TinyRun:
 
   @property
   def config(self) -> str:
-    return f"--config=configs/tiny.py:{self.model_dir},{self.data}"
+    return f"--config={ROOT}/configs/tiny.py:{self.model_dir},{self.data}"
 
   def copy(self, name: str) -> str:
     """A copy of the run dir next to it (relative to ROOT), to resume or damage without touching the original."""
@@ -55,7 +56,7 @@ def train_tiny_run(tmp: Path) -> TinyRun:
   data.write_text("\n".join(lines) + "\n")
   run = os.path.relpath(str(tmp / "run"), ROOT)
   p = jaxtune("train", f"--config=configs/tiny.py:{model_dir},{data}", f"--config.run.dir={run}", *train_args(data))
-  return TinyRun(root=tmp, model_dir=model_dir, data=str(data), run=run, stdout=p.stdout)
+  return TinyRun(root=tmp, model_dir=model_dir, data=str(data), run=run, stdout=p.stdout, stderr=p.stderr)
 
 
 def preference_records(n: int = 40) -> list[dict]:

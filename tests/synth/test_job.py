@@ -238,7 +238,7 @@ def test_two_hosts_write_the_file_of_one_device(llama, tmp_path):
   import subprocess
 
   from tests.helpers.cli import ROOT, cli_cmd
-  from tests.train.test_multiprocess import free_port
+  from tests.helpers.cli import free_port
   model_dir, (model, tok, stop) = llama
   prompts = _write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(6))
   kw = dict(n=2, temperature=1.0, max_new_tokens=6, seed=5)

@@ -3,19 +3,12 @@ with the same devices."""
 
 import json
 import os
-import socket
 import subprocess
 
 import numpy as np
 
 from tests.helpers import cli
 from tests.helpers.hf_models import make_tiny_chat_model
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def env(devices, **extra):
@@ -30,7 +23,7 @@ def run_one_and_two(argv, tmp_path):
   p = subprocess.run(argv(one), cwd=cli.ROOT, env=env(8), capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr
   two = str(tmp_path / "two")
-  port = free_port()
+  port = cli.free_port()
   procs = [subprocess.Popen(argv(two), cwd=cli.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                                     JAX_PROCESS_ID=str(i)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,12 +54,6 @@ def worker(process_id: int, port: int, src: str, root: str) -> None:
   print("FACTS " + json.dumps(facts), flush=True)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_process_load_and_collective_export(tmp_path):
   import jax
   import numpy as np
@@ -73,7 +66,8 @@ def test_two_process_load_and_collective_export(tmp_path):
 
   src, hf = make_tiny_hf(tmp_path / "src", "llama", tie=False)
   root = tmp_path / "hosts"
-  port = _free_port()
+  from tests.helpers.cli import free_port
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TOKENIZERS_PARALLELISM="false")
   procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(src), str(root)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
