@@ -25,6 +25,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +306,14 @@ def compiled_peak(ma) -> float:
 
 
 def cpu_devices(n: int) -> list | None:
-  """`n` CPU devices to compile for: asks jax for them while its backends are not started yet, else uses
-  those the process has; None when there are fewer."""
-  try:
-    jax.config.update("jax_num_cpu_devices", max(n, 1))
-  except RuntimeError:
-    pass  # the backends are up: what we have is what there is
+  """`n` CPU devices to compile for: asks jax for more while its backends are not started yet (never fewer
+  than XLA_FLAGS or the config already ask for), else uses those the process has; None when there are fewer."""
+  forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  if n > max(int(forced.group(1)) if forced else 1, jax.config.jax_num_cpu_devices):
+    try:
+      jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+      pass  # the backends are up: what we have is what there is
   devices = jax.devices("cpu")
   return devices[:n] if len(devices) >= n else None
 
