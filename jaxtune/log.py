@@ -65,11 +65,15 @@ class _NoLibraryTracebacks(logging.Filter):
 
 
 def _quiet_closed_loops(unraisable) -> None:
-  """sys.unraisablehook that drops "Event loop is closed" from tensorstore callbacks that complete after
-  Orbax closed the event loop of a failed save (dozens of tracebacks on a full disk); the rest goes to the
-  default hook."""
-  error = unraisable.exc_value
+  """sys.unraisablehook that drops what Orbax's abandoned async work raises after an error jaxtune already
+  reported: "Event loop is closed" from tensorstore callbacks that complete after Orbax closed the event loop
+  of a failed save (dozens of tracebacks on a full disk), and the read coroutines of a failed restore (a
+  damaged checkpoint) when they are collected; the rest goes to the default hook."""
+  error, obj = unraisable.exc_value, unraisable.object
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  code = getattr(obj, "cr_code", None)
+  if code is not None and "/orbax/" in code.co_filename:
     return
   sys.__unraisablehook__(unraisable)
 

@@ -63,6 +63,20 @@ def evaluate_model(model_path: str, tasks: str, *, out: str | None = None, limit
   return results
 
 
+def check_tasks(e) -> list[str]:
+  """eval.harness_tasks (config section `e`) parsed, each known to lm-eval (a user error naming the unknown
+  ones, or saying lm-eval is not installed)."""
+  from jaxtune.harness.run import parse_tasks, task_manager
+  try:
+    import lm_eval  # noqa: F401
+  except ImportError:
+    raise ConfigError("config key 'eval.harness_tasks' is set but lm-evaluation-harness is not installed: "
+                      "pip install 'jaxtune[eval]'") from None
+  tasks = parse_tasks(e.harness_tasks)
+  task_manager(tasks, e.harness_include_path)
+  return tasks
+
+
 class HarnessEval:
   """`harness(model) -> {eval_<task>_<metric>: value}`: eval.harness_tasks scored during training, on the
   training model (sharded as it trains, in its compute dtype; a LoRA model with its adapters). Task names are
@@ -70,15 +84,8 @@ class HarnessEval:
 
   def __init__(self, cfg, tokenizer, model_dir: str, hf_config: dict[str, Any]):
     from jaxtune.generate import stop_token_ids
-    from jaxtune.harness.run import parse_tasks, task_manager
-    try:
-      import lm_eval  # noqa: F401
-    except ImportError:
-      raise ConfigError("config key 'eval.harness_tasks' is set but lm-evaluation-harness is not installed: "
-                        "pip install 'jaxtune[eval]'") from None
     e = cfg.eval
-    self.tasks = parse_tasks(e.harness_tasks)
-    task_manager(self.tasks, e.harness_include_path)
+    self.tasks = check_tasks(e)
     self.tokenizer, self.hf_config = tokenizer, hf_config
     self.stop_ids = stop_token_ids(tokenizer, model_dir)
     fewshot = None if e.harness_num_fewshot < 0 else e.harness_num_fewshot

@@ -8,6 +8,7 @@ that cannot work stops at once with one line instead of after tokenizing the dat
   attention  model.attention=cudnn / splash only on a platform that has it
   data       every data.train / data.eval source (and eval.prompts, data.chat_template) exists and is of a
              supported kind
+  harness    eval.harness_tasks are tasks lm-eval knows (with eval.harness_include_path)
 
 Every process runs them; each stops when any process failed (`distributed.agree`). The run-dir lock is
 taken right after (`jaxtune.train.lock`).
@@ -38,6 +39,9 @@ def check(cfg: Config) -> None:
     check_attention(cfg.model.attention)
     check_model(cfg)
     check_data(cfg)
+    if cfg.eval.harness_tasks:
+      from jaxtune.harness import check_tasks
+      check_tasks(cfg.eval)
   except UserError as e:
     error = e
   distributed.agree(error, "the pre-flight checks")
@@ -61,6 +65,11 @@ def check_run_dir(run_dir: str) -> None:
     return
   if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
     raise ConfigError(f"config key 'run.dir': {run_dir} exists and is not a directory")
+  created = []  # the directories the probe makes, removed after it: a run that stops here leaves nothing
+  parent = os.path.abspath(run_dir)
+  while not os.path.lexists(parent):
+    created.append(parent)
+    parent = os.path.dirname(parent)
   try:
     os.makedirs(run_dir, exist_ok=True)
     for sub in ("checkpoints",):
@@ -70,6 +79,8 @@ def check_run_dir(run_dir: str) -> None:
     fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".jaxtune-write-probe-")
     os.close(fd)
     os.remove(probe)
+    for d in created:
+      os.rmdir(d)
   except OSError as e:
     raise ConfigError(f"config key 'run.dir': cannot write in {run_dir}: {e.strerror or e}"
                       + (f" ({e.filename})" if e.filename and e.filename != run_dir else "")) from None

@@ -98,7 +98,7 @@ def test_eval_command_on_the_run_dir_equals_the_hf_backend_on_the_export(lora_ru
   assert json.loads(results.read_text())["n-shot"]["tiny_mc"] == 1
 
 
-def test_eval_command_errors_name_the_task_and_the_path(lora_run):
+def test_eval_command_errors_name_the_task_and_the_path(lora_run, tmp_path):
   from jaxtune import cli
   run, _, tasks, _, model_dir = lora_run
 
@@ -111,7 +111,9 @@ def test_eval_command_errors_name_the_task_and_the_path(lora_run):
   assert msg.startswith("error: unknown lm-eval task(s) ['tiny_mcq']") and "'tiny_mc'" in msg, msg
   msg = error("eval", "--model", run, "--tasks", "tiny_mc", "--include-path", "/no/such/dir")
   assert msg.startswith("error: ") and "/no/such/dir" in msg, msg
-  msg = error("train", f"--config=configs/tiny.py:{model_dir},x.jsonl", "--config.eval.harness_tasks=tiny_mc,nope",
+  data = tmp_path / "x.jsonl"  # pre-flight checks the data sources first: an existing file gets to the tasks
+  data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+  msg = error("train", f"--config=configs/tiny.py:{model_dir},{data}", "--config.eval.harness_tasks=tiny_mc,nope",
               f"--config.eval.harness_include_path={tasks}", f"--config.run.dir={os.path.join(ROOT, 'runs', 'never')}")
   assert msg.startswith("error: unknown lm-eval task(s) ['nope']"), msg
   assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
