@@ -65,22 +65,21 @@ def check_run_dir(run_dir: str) -> None:
     return
   if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
     raise ConfigError(f"config key 'run.dir': {run_dir} exists and is not a directory")
-  created = []  # the directories the probe makes, removed after it: a run that stops here leaves nothing
-  parent = os.path.abspath(run_dir)
-  while not os.path.lexists(parent):
-    created.append(parent)
-    parent = os.path.dirname(parent)
+  # A run dir that does not exist yet is not made here (a run stopped by a later check leaves nothing): the
+  # probe goes in its nearest existing ancestor, where the lock will create it.
+  target = os.path.abspath(run_dir)
+  while not os.path.lexists(target):
+    target = os.path.dirname(target)
   try:
-    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.isdir(target):
+      raise ConfigError(f"config key 'run.dir': {target} exists and is not a directory")
     for sub in ("checkpoints",):
       p = os.path.join(run_dir, sub)
       if os.path.lexists(p) and not os.path.isdir(p):
         raise ConfigError(f"config key 'run.dir': {p} exists and is not a directory")
-    fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".jaxtune-write-probe-")
+    fd, probe = tempfile.mkstemp(dir=target, prefix=".jaxtune-write-probe-")
     os.close(fd)
     os.remove(probe)
-    for d in created:
-      os.rmdir(d)
   except OSError as e:
     raise ConfigError(f"config key 'run.dir': cannot write in {run_dir}: {e.strerror or e}"
                       + (f" ({e.filename})" if e.filename and e.filename != run_dir else "")) from None

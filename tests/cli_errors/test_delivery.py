@@ -36,7 +36,7 @@ def _cases(tiny_run, tmp):
                                                ["'model.attention'", "needs a GPU"]),
       "run dir is a file": ([cfg, f"--config.run.dir={tmp / 'a_file'}"], ["'run.dir'", "not a directory"]),
       "run dir under a file": ([cfg, f"--config.run.dir={tmp / 'a_file' / 'run'}"],
-                               ["'run.dir'", "cannot write", "Not a directory"]),
+                               ["'run.dir'", "a_file exists and is not a directory"]),
       "run dir's checkpoints is a file": ([cfg, f"--config.run.dir={tmp / 'ckpt_file'}"],
                                           ["checkpoints exists and is not a directory"]),
       "model path missing": ([f"--config={ROOT}/configs/tiny.py:{tmp}/no_model,{tiny_run.data}"],

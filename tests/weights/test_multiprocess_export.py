@@ -83,7 +83,7 @@ def test_two_process_load_and_collective_export(tmp_path):
 
   # the load really was one global mesh spread over both processes
   for i, f in enumerate(facts):
-    assert f["process"] == i and f["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert f["process"] == i and f["mesh"] == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
     assert f["embed_spec"] == [None, "fsdp"] and f["embed_local_shards"] == [[160, 8]]
     assert "lm_head.kernel" in f["split_over_processes"] and "model.layers.1.mlp.down_proj.kernel" in \
         f["split_over_processes"]
