@@ -22,13 +22,12 @@ import argparse
 import functools
 import os
 import resource
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from results import parse_result  # noqa: E402  (bench/ is the script's own dir)
+import results  # noqa: E402  (bench/ is the script's own dir)
 
 IMPLS = ("dense", "blockwise")
 
@@ -89,17 +88,9 @@ def child(a) -> None:
 
 def run_child(impl: str, seq: int, a) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--seq", str(seq)] + a.passthrough
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-  result = None
-  for line in proc.stdout:
-    r = parse_result(line)
-    if r and r[0] == impl:
-      result = r[1]
-    sys.stdout.write(line)
-    sys.stdout.flush()
-  if proc.wait() != 0:
+  result = results.run_child(cmd, impl)
+  if result is None:
     print(f"RESULT {impl} seq={seq} failed=1", flush=True)
-    return None
   return result
 
 

@@ -28,7 +28,6 @@ GPU (one H100/H200; bf16, the 1B shape at 4k):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

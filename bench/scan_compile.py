@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from results import parse_result  # noqa: E402  (bench/ is the script's own dir)
+import results  # noqa: E402  (bench/ is the script's own dir)
 
 MODES = ("unrolled", "scanned")
 
@@ -79,14 +78,7 @@ def child(a) -> None:
 
 def run_child(mode: str, layers: int, a) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), "--_child", mode, "--layers", str(layers)] + a.passthrough
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-  result = None
-  for line in proc.stdout:
-    r = parse_result(line)
-    if r and r[0] == mode:
-      result = r[1]
-      sys.stdout.write(line)
-  return result if proc.wait() == 0 else None
+  return results.run_child(cmd, mode, echo="results")
 
 
 def main(argv=None) -> int:

@@ -67,7 +67,22 @@ class Hook:
     pass
 
 
-class EvalHook(Hook):
+class EvalPointHook(Hook):
+  """A hook that runs at every eval point and on the last step, when it has work (`active`); the step's
+  metrics wait for it."""
+
+  @property
+  def active(self) -> bool:
+    return True
+
+  def due(self, info: StepInfo) -> bool:
+    return self.active and (super().due(info) or info.last)
+
+  def sync(self, info: StepInfo) -> bool:
+    return self.due(info)
+
+
+class EvalHook(EvalPointHook):
   """eval_loss (and the objective's eval metrics) on held-out data, and eval-prompt samples with
   eval_exact_match, at every eval point; the last samples stay in `samples`."""
 
@@ -76,11 +91,9 @@ class EvalHook(Hook):
     self.writer, self.log_samples = writer, log_samples
     self.samples: list[dict] | None = None
 
-  def due(self, info: StepInfo) -> bool:
-    return (self.evaluate is not None or self.sampler is not None) and (super().due(info) or info.last)
-
-  def sync(self, info: StepInfo) -> bool:
-    return self.due(info)
+  @property
+  def active(self) -> bool:
+    return self.evaluate is not None or self.sampler is not None
 
   def __call__(self, info: StepInfo) -> None:
     if not self.due(info):
@@ -99,18 +112,16 @@ class EvalHook(Hook):
     info.paused_s += time.perf_counter() - t0
 
 
-class HarnessHook(Hook):
+class HarnessHook(EvalPointHook):
   """lm-evaluation-harness tasks (eval.harness_tasks) on the current model at every eval point and the last
   step; their eval_<task>_<metric> values join that step's row."""
 
   def __init__(self, every: int, harness, graphdef):
     self.every, self.harness, self.graphdef = every, harness, graphdef
 
-  def due(self, info: StepInfo) -> bool:
-    return self.harness is not None and (super().due(info) or info.last)
-
-  def sync(self, info: StepInfo) -> bool:
-    return self.due(info)
+  @property
+  def active(self) -> bool:
+    return self.harness is not None
 
   def __call__(self, info: StepInfo) -> None:
     if not self.due(info):

@@ -310,11 +310,12 @@ def test_another_batch_size_and_packing_reuse_the_cache(dpo_runs):
   assert abs(rows[0]["loss"] - np.log(2)) < 1e-5
 
 
-def test_dpo_needs_preference_data(tiny_run):
-  p = cli.jaxtune("train", tiny_run.config, "--config.train.objective=dpo", "--config.data.train=("
+def test_dpo_needs_preference_data(tiny_run, tmp_path):
+  run = f"--config.run.dir={tmp_path / 'run'}"
+  p = cli.jaxtune("train", tiny_run.config, run, "--config.train.objective=dpo", "--config.data.train=("
                   f"{{'path': '{tiny_run.data}', 'format': 'messages'}},)", check=False)
   assert p.returncode == 1 and "preference" in p.stderr and "Traceback" not in p.stderr
-  p = cli.jaxtune("train", tiny_run.config, "--config.train.objective=dpo", check=False)  # format auto: SFT records
+  p = cli.jaxtune("train", tiny_run.config, run, "--config.train.objective=dpo", check=False)  # format auto: SFT records
   assert p.returncode == 1 and "not_a_pair" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
