@@ -45,14 +45,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from results import parse_result  # noqa: E402  (bench/ is the script's own dir)
+import results  # noqa: E402  (bench/ is the script's own dir)
 
 
 def write_prompts(src: str | None, n: int, out: str) -> int:
@@ -187,25 +186,6 @@ def run_torch(a, job: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # parent
 
-def _child(side: str, a, job_path: str) -> tuple[int, list[dict]]:
-  """Runs one side in a child process, echoing its output; returns (exit code, its RESULT figures)."""
-  env = dict(os.environ)
-  env.setdefault("TOKENIZERS_PARALLELISM", "false")
-  if side == "torch":
-    env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, os.path.abspath(__file__), "--_child", side, "--_job", job_path] + a.passthrough
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
-  results = []
-  for line in proc.stdout:
-    r = parse_result(line)
-    if r and r[0] == side:
-      results.append(r[1])
-      continue  # re-printed at the end
-    sys.stdout.write(line)
-    sys.stdout.flush()
-  return proc.wait(), results
-
-
 def _same(jx: dict, th: dict, tok, n: int) -> int:
   """Prompts whose tokens agree (a prompt synth did not write: torch's reply decodes to nothing too)."""
   same = 0
@@ -257,22 +237,9 @@ def main(argv=None) -> int:
     n = write_prompts(a.prompts, a.n_prompts, prompts)
     print(f"model={model} prompts={n} batches={batches} max_new_tokens={a.max_new_tokens} repeats={a.repeats} "
           f"dtype={a.dtype}; greedy, stopping at the checkpoint's eos ids", flush=True)
-    job_path, out = os.path.join(tmp, "job.json"), os.path.join(tmp, "out")
-    with open(job_path, "w") as f:
-      json.dump({"model": model, "prompts": prompts, "n_prompts": n, "batches": batches, "out": out}, f)
-    rc, jx = _child("jaxtune", a, job_path)
-    rc_t, th = (0, [])
-    if not a.no_torch:
-      rc_t, th = _child("torch", a, job_path)
-    toks = {}
-    for side in ("jaxtune", "torch"):
-      if os.path.exists(f"{out}.{side}.json"):
-        with open(f"{out}.{side}.json") as f:
-          toks[side] = json.load(f)
+    job = {"model": model, "prompts": prompts, "n_prompts": n, "batches": batches, "out": os.path.join(tmp, "out")}
+    ok, jx, th, toks = results.compare_sides(__file__, a, job, tmp, len(batches))
 
-  ok = rc == 0 and len(jx) == len(batches) and (a.no_torch or (rc_t == 0 and len(th) == len(batches)))
-  if not ok:
-    print(f"a child failed (jaxtune exit {rc}, torch exit {rc_t})", flush=True)
   for r in jx:
     print(f"RESULT jaxtune {_fmt(r)}", flush=True)
   for r in th:

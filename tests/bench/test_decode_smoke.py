@@ -25,7 +25,7 @@ def test_tiny_model_vs_torch(tmp_path):
          str(prompts), "--batch", "1,2", "--max-new-tokens", "4", "--repeats", "1"]
   p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-  results = [r for r in map(bench.parse_result, p.stdout.strip().splitlines()) if r]
+  results = [r for r in map(bench.results.parse_result, p.stdout.strip().splitlines()) if r]
   by_side = {}
   for side, r in results:
     by_side.setdefault(side, []).append(r)

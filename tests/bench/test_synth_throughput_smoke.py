@@ -26,7 +26,7 @@ def test_tiny_model_vs_torch(tmp_path):
   p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
   by_side = {}
-  for side, r in (r for r in map(bench.parse_result, p.stdout.strip().splitlines()) if r):
+  for side, r in (r for r in map(bench.results.parse_result, p.stdout.strip().splitlines()) if r):
     by_side.setdefault(side, []).append(r)
   assert set(by_side) == {"jaxtune", "torch", "ratio"}
   for side in ("jaxtune", "torch"):
